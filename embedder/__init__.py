@@ -1,0 +1,1 @@
+"""Dowse embedder core: model registry, ONNX export, encoding, batching, reranking."""

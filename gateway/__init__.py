@@ -1,0 +1,1 @@
+"""Dowse gateway core: hybrid search pipeline, fusion, semantic cache, service clients."""

@@ -1,0 +1,1 @@
+"""Dowse HTTP layer: FastAPI apps, schemas, settings, error mapping and the CLI."""

@@ -1,0 +1,91 @@
+"""Application factory: ``create_app(settings, roles)`` mounts the routes of the chosen roles.
+
+Each role module (``services.embedder_api``, ``services.indexer_api``, ``services.gateway_api``,
+``services.cache_api``) exposes ``router`` plus ``async start(app, settings)`` / ``async stop(app)``.
+Shared objects live on ``app.state``:
+
+- ``embedder_client``: an ``embedder.client.EmbedderClient`` (in-process when the embedder role is
+  mounted here, else HTTP to ``settings.embedder_url``)
+- ``indexer_client``: the gateway's view of the indexer (in-process or HTTP)
+- ``ready_checks``: list of ``(name, callable -> bool)`` consulted by ``GET /ready``
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from importlib import import_module
+from typing import Any
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.errors import error_body, install_error_handlers
+
+log = logging.getLogger(__name__)
+
+ROLE_MODULES: dict[str, list[str]] = {
+    "embedder": ["services.embedder_api"],
+    "indexer": ["services.indexer_api"],
+    "gateway": ["services.gateway_api", "services.cache_api"],
+}
+ALL_ROLES = ("embedder", "indexer", "gateway")
+
+
+def create_app(settings: Any, roles: Iterable[str] = ALL_ROLES) -> FastAPI:
+    """Build the FastAPI app for ``roles`` (embedder → indexer → gateway start order)."""
+    roles = [r for r in ALL_ROLES if r in set(roles)]
+    modules = [import_module(name) for role in roles for name in ROLE_MODULES[role]]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started = []
+        try:
+            for mod in modules:
+                await mod.start(app, settings)
+                started.append(mod)
+            yield
+        finally:
+            for mod in reversed(started):
+                try:
+                    await mod.stop(app)
+                except Exception:  # pragma: no cover - best effort on shutdown
+                    log.exception("error stopping %s", mod.__name__)
+
+    app = FastAPI(
+        title="Dowse",
+        version="0.1.0",
+        description="Dense retrieval: embeddings, indexing, hybrid search, semantic cache",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.roles = roles
+    app.state.ready_checks: list[tuple[str, Callable[[], bool]]] = []
+    install_error_handlers(app)
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> dict[str, Any]:
+        """Liveness: the process answers."""
+        return {"status": "ok", "roles": roles}
+
+    @app.get("/ready", tags=["ops"])
+    async def ready() -> Response:
+        """Readiness: 503 until every component (models, indexes, ...) is loaded."""
+        states = {name: bool(check()) for name, check in app.state.ready_checks}
+        if all(states.values()):
+            return JSONResponse({"status": "ready", "components": states})
+        waiting = [n for n, ok in states.items() if not ok]
+        body = error_body("not_ready", f"not ready: {', '.join(waiting)}", field="components")
+        body["components"] = states
+        return JSONResponse(status_code=503, content=body)
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for mod in modules:
+        app.include_router(mod.router)
+    return app
