@@ -52,12 +52,17 @@ class IndexerSettings(CommonSettings):
     hnsw_threshold: int = 50_000
 
 
-class GatewaySettings(CommonSettings):
+class CacheSettings(CommonSettings):
+    """Semantic cache (served by the gateway)."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+
+class GatewaySettings(CacheSettings):
     """Gateway: search pipeline, cache, and where the other services live."""
 
     embedder_url: str | None = None
     indexer_url: str | None = None
-    redis_url: str = "redis://127.0.0.1:6379/0"
     embed_timeout_s: float = 2.0
     rerank_timeout_s: float = 5.0
     search_timeout_s: float = 5.0

@@ -1,0 +1,56 @@
+"""Client interface to the indexer, used by the gateway.
+
+Two implementations share this protocol: in-process (direct calls into the indexer's service object)
+and HTTP (httpx against the indexer's REST routes). Hits are per document (best chunk) unless
+``per_chunk`` is requested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class Hit:
+    """One search hit from a single retriever; ``score`` is that retriever's raw score."""
+
+    id: str
+    score: float
+    title: str = ""
+    text: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    chunk: int = 0
+
+
+@runtime_checkable
+class IndexerClient(Protocol):
+    """What the gateway needs from the indexer."""
+
+    async def collection_info(self, name: str) -> dict[str, Any]:
+        """The collection manifest: ``{"name", "model", "revision", "dims", "metric", "prompt", ...}``.
+
+        Raises ``embedder.errors.NotFound`` for an unknown collection."""
+        ...
+
+    async def search_dense(
+        self, name: str, vector: np.ndarray, k: int, filters: dict[str, Any] | None = None
+    ) -> list[Hit]:
+        """Top-k documents by vector similarity (higher score = closer)."""
+        ...
+
+    async def search_lexical(
+        self, name: str, query: str, k: int, filters: dict[str, Any] | None = None
+    ) -> list[Hit]:
+        """Top-k documents by BM25."""
+        ...
+
+    async def get_documents(self, name: str, ids: list[str]) -> list[dict[str, Any]]:
+        """Stored documents ``{"id", "title", "text", "metadata"}`` in ``ids`` order (missing skipped)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
