@@ -1,17 +1,241 @@
-"""HTTP routes of the cache role (mounted by services.app.create_app)."""
+"""HTTP routes of the semantic cache (mounted by the gateway role next to the search routes)."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import time
+from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from prometheus_client import Counter, Gauge, Histogram
+from pydantic import BaseModel, Field
 
-router = APIRouter()
+from embedder.errors import InvalidInput, NotReady
+from gateway.cache.judge import EmbeddingJudge, ExactMatchJudge, Judge
+from gateway.cache.service import CacheConfig, CacheService
+from gateway.cache.validate import CacheLimits
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/cache", tags=["cache"])
+
+NS_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+Scope = str | dict[str, Any] | None
+
+# Prometheus metrics: module level, defined once per process.
+LOOKUPS = Counter("dowse_cache_lookups_total", "Cache lookups by decision", ["decision"])
+DEGRADED = Counter("dowse_cache_degraded_lookups_total", "Lookups answered miss because Redis was down")
+STORES = Counter("dowse_cache_stores_total", "Cache stores by result", ["result"])
+FEEDBACK = Counter("dowse_cache_feedback_total", "Feedback by judged outcome", ["outcome"])
+EST_WRONG = Counter("dowse_cache_estimated_wrong_total", "Sum over exploits of the fit's 1 - P(correct|s)")
+LATENCY = Histogram(
+    "dowse_cache_lookup_seconds",
+    "Lookup latency (embedding included)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+REDIS_UP = Gauge("dowse_cache_redis_up", "1 while the cache reaches Redis")
+ENTRIES = Gauge("dowse_cache_entries", "Entries in this replica's mirror")
+
+
+class LookupRequest(BaseModel):
+    """``POST /v1/cache/lookup``."""
+
+    namespace: str = Field(pattern=NS_PATTERN, max_length=128)
+    prompt: str = Field(min_length=1)
+    scope: Scope = Field(None, description="system prompt, model, generation params: hashed into the key")
+    policy: Literal["adaptive", "static"] = "adaptive"
+    max_error: float | None = Field(None, gt=0, lt=1, description="delta of the adaptive policy")
+    threshold: float | None = Field(None, ge=0, le=1, description="similarity threshold of the static policy")
+
+
+class LookupResponse(BaseModel):
+    """Outcome of a lookup; ``response`` only on a hit."""
+
+    hit: bool
+    decision: Literal["exploit", "explore", "miss"]
+    lookup_id: str
+    response: str | None = None
+    similarity: float | None = None
+    entry_id: str | None = None
+    exploit_probability: float | None = None
+    degraded: str | None = None
+
+
+class StoreRequest(BaseModel):
+    """``POST /v1/cache/store``."""
+
+    namespace: str = Field(pattern=NS_PATTERN, max_length=128)
+    prompt: str = Field(min_length=1)
+    response: str = Field(min_length=1)
+    scope: Scope = None
+    metadata: dict[str, Any] | None = None
+    ttl_s: int | None = Field(None, ge=1)
+
+
+class StoreResponse(BaseModel):
+    """``stored`` is false (with ``degraded``) when Redis was down and the store was dropped."""
+
+    stored: bool
+    entry_id: str | None = None
+    evicted: int = 0
+    degraded: str | None = None
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/cache/feedback``: a lookup id, or namespace + entry id + prompt (+ scope)."""
+
+    lookup_id: str | None = Field(None, min_length=1, max_length=64)
+    response: str = Field(min_length=1, description="the fresh LLM response")
+    namespace: str | None = Field(None, pattern=NS_PATTERN, max_length=128)
+    entry_id: str | None = Field(None, min_length=1, max_length=64)
+    prompt: str | None = Field(None, min_length=1)
+    scope: Scope = None
+
+
+class FeedbackResponse(BaseModel):
+    """What the judge said and what was stored."""
+
+    correct: bool | None
+    entry_id: str | None
+    stored_entry_id: str | None
+    observations: int
+
+
+def _svc(request: Request) -> CacheService:
+    svc: CacheService | None = getattr(request.app.state, "cache", None)
+    if svc is None or not svc.started:
+        raise NotReady("the cache is starting", field="cache")
+    return svc
+
+
+@router.post("/lookup", response_model=LookupResponse, response_model_exclude_none=True)
+async def lookup(req: LookupRequest, request: Request) -> LookupResponse:
+    """Serve a cached response (exploit), ask for feedback (explore), or miss."""
+    svc = _svc(request)
+    t0 = time.perf_counter()
+    res = await svc.lookup(req.namespace, req.prompt, req.scope, req.policy, req.max_error, req.threshold)
+    LATENCY.observe(time.perf_counter() - t0)
+    LOOKUPS.labels(res.decision).inc()
+    if res.degraded:
+        DEGRADED.inc()
+    elif res.hit and res.exploit_probability is not None:
+        entry = svc.mirror.get(req.namespace, res.entry_id or "")
+        fit = svc.fit_for(entry) if entry else None
+        if fit is not None and fit.usable and res.similarity is not None:
+            import math
+
+            EST_WRONG.inc(1.0 - 1.0 / (1.0 + math.exp(-fit.gamma * (res.similarity - fit.t))))
+    return LookupResponse(**res.__dict__)
+
+
+@router.post("/store", response_model=StoreResponse, response_model_exclude_none=True)
+async def store(req: StoreRequest, request: Request) -> StoreResponse:
+    """Store a prompt/response pair (dropped, counted, when Redis is down)."""
+    svc = _svc(request)
+    res = await svc.store(req.namespace, req.prompt, req.response, req.scope, req.metadata, req.ttl_s)
+    STORES.labels("stored" if res.stored else "dropped").inc()
+    return StoreResponse(**res.__dict__)
+
+
+@router.post("/feedback", response_model=FeedbackResponse)
+async def feedback(req: FeedbackRequest, request: Request) -> FeedbackResponse:
+    """Judge the cached response against the fresh one and update the entry's statistics."""
+    svc = _svc(request)
+    if req.lookup_id is not None:
+        res = await svc.feedback(req.lookup_id, req.response)
+    elif req.namespace and req.entry_id and req.prompt:
+        res = await svc.feedback_entry(req.namespace, req.entry_id, req.prompt, req.response, req.scope)
+    else:
+        raise InvalidInput("give lookup_id, or namespace + entry_id + prompt", field="lookup_id")
+    outcome = "none" if res.correct is None else ("correct" if res.correct else "wrong")
+    FEEDBACK.labels(outcome).inc()
+    return FeedbackResponse(**res.__dict__)
+
+
+@router.delete("/namespaces/{namespace}")
+async def delete_namespace(namespace: str, request: Request) -> dict[str, Any]:
+    """Delete a namespace: its entries, observations and statistics."""
+    svc = _svc(request)
+    from gateway.cache.validate import check_namespace
+
+    check_namespace(namespace)
+    return {"namespace": namespace, "deleted_entries": await svc.delete_namespace(namespace)}
+
+
+@router.delete("/namespaces/{namespace}/entries/{entry_id}")
+async def delete_entry(namespace: str, entry_id: str, request: Request) -> dict[str, Any]:
+    """Delete one entry (404 if it does not exist)."""
+    from gateway.cache.feedback import UnknownEntry
+    from gateway.cache.validate import check_namespace
+
+    svc = _svc(request)
+    check_namespace(namespace)
+    if not await svc.delete_entry(namespace, entry_id):
+        raise UnknownEntry(f"no entry {entry_id!r} in namespace {namespace!r}", field="entry_id")
+    return {"namespace": namespace, "deleted": entry_id}
+
+
+@router.get("/stats")
+async def stats(request: Request, namespace: str | None = None) -> dict[str, Any]:
+    """Entries, lookups, exploit/explore/miss rates and the policy's estimated error rate."""
+    svc = _svc(request)
+    if namespace is not None:
+        from gateway.cache.validate import check_namespace
+
+        check_namespace(namespace)
+    out = await svc.stats(namespace)
+    REDIS_UP.set(1 if svc.redis_ok else 0)
+    ENTRIES.set(svc.mirror.count())
+    return out
+
+
+def config_from_settings(settings: Any) -> CacheConfig:
+    """Map ``CacheSettings`` fields onto the core's plain config."""
+    g = settings.__dict__.get
+    return CacheConfig(
+        default_max_error=g("cache_max_error", 0.02),
+        default_threshold=g("cache_threshold", 0.9),
+        min_obs=g("cache_min_obs", 3),
+        use_prior=g("cache_use_prior", True),
+        min_similarity=g("cache_min_similarity", 0.0),
+        max_entries=g("cache_max_entries", 1_000_000),
+        default_ttl_s=g("cache_default_ttl_s"),
+        refresh_ttl_on_hit=g("cache_refresh_ttl_on_hit", False),
+        lookup_ttl_s=g("cache_lookup_ttl_s", 3600),
+        op_timeout_s=g("cache_op_timeout_s", 0.04),
+        embed_model=g("cache_embed_model"),
+        limits=CacheLimits(
+            max_prompt_chars=g("cache_max_prompt_chars", 32_768),
+            max_response_chars=g("cache_max_response_chars", 262_144),
+        ),
+    )
 
 
 async def start(app: FastAPI, settings: Any) -> None:
-    """Build this role's core objects onto app.state."""
+    """Connect Redis, rebuild the mirror, follow the change stream (degraded, never unready, when down)."""
+    embedder = getattr(app.state, "embedder_client", None)
+    app.state.cache_owns_embedder = False
+    if embedder is None and getattr(settings, "embedder_url", None):
+        from embedder.http_client import HttpEmbedderClient
+
+        embedder = HttpEmbedderClient(
+            settings.embedder_url, timeout_s=getattr(settings, "embed_timeout_s", 2.0)
+        )
+        app.state.cache_owns_embedder = True
+    judge: Judge = ExactMatchJudge()
+    if getattr(settings, "cache_judge", "exact") == "embedding" and embedder is not None:
+        judge = EmbeddingJudge(embedder, settings.cache_judge_threshold, settings.cache_embed_model)
+    svc = CacheService(settings.redis_url, embedder, config_from_settings(settings), judge=judge)
+    app.state.cache = svc
+    await svc.start()
+    REDIS_UP.set(1 if svc.redis_ok else 0)
+    # ready once started: a Redis outage degrades the cache (misses) but never makes the gateway unready
+    app.state.ready_checks.append(("cache", lambda: svc.started))
 
 
 async def stop(app: FastAPI) -> None:
-    """Release this role's resources."""
+    """Stop background tasks, close Redis connections."""
+    svc: CacheService | None = getattr(app.state, "cache", None)
+    if svc is not None:
+        await svc.close()
+    if getattr(app.state, "cache_owns_embedder", False) and svc is not None and svc.embedder is not None:
+        await svc.embedder.aclose()

@@ -1,9 +1,200 @@
-"""CLI commands for the index part (registered by services.cli)."""
+"""``dowse index PATH --collection C``: resumable batch ingest with a rich progress bar."""
 
 from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the dowse CLI."""
+
+    @app.command("index")
+    def index(
+        path: Annotated[
+            Path, typer.Argument(help="JSONL / CSV / Parquet file (BEIR corpus.jsonl works as is)")
+        ],
+        collection: Annotated[str, typer.Option("--collection", "-c", help="target collection")],
+        model: Annotated[
+            str | None, typer.Option(help="embedding preset (DOWSE_MODEL, default minilm)")
+        ] = None,
+        embedder_url: Annotated[
+            str | None, typer.Option(help="remote embedder (DOWSE_EMBEDDER_URL); default in-process")
+        ] = None,
+        data_dir: Annotated[Path | None, typer.Option(help="data directory (DOWSE_DATA_DIR)")] = None,
+        fmt: Annotated[
+            str | None, typer.Option("--format", help="jsonl | csv | parquet (default: suffix)")
+        ] = None,
+        dims: Annotated[int | None, typer.Option(help="Matryoshka truncation for a new collection")] = None,
+        index_type: Annotated[str, typer.Option("--index", help="auto | flat | hnsw | ivf-pq")] = "auto",
+        code: Annotated[str | None, typer.Option(help="sq8 | binary compressed codes (+ rescoring)")] = None,
+        batch_size: Annotated[int, typer.Option(min=1, max=1000, help="documents per transaction")] = 64,
+        precision: Annotated[
+            str | None, typer.Option(help="in-process embedder precision: int8 | fp32")
+        ] = None,
+    ) -> None:
+        """Index a corpus into a collection; re-running resumes (ids already stored are skipped)."""
+        from services.logging_setup import configure_logging
+        from services.settings import EmbedderSettings, IndexerSettings
+
+        overrides = {k: v for k, v in {"data_dir": data_dir, "embedder_url": embedder_url}.items() if v}
+        isettings = IndexerSettings(**overrides)
+        esettings = EmbedderSettings(**{k: v for k, v in {"data_dir": data_dir, "model": model}.items() if v})
+        configure_logging(isettings.log_level, isettings.log_json)
+        if not path.is_file():
+            raise typer.BadParameter(f"no such file: {path}", param_hint="PATH")
+        spec: dict[str, Any] = {"type": index_type, "code": code}
+        try:
+            summary = asyncio.run(
+                _run(
+                    path,
+                    collection,
+                    model or esettings.model,
+                    isettings,
+                    esettings,
+                    fmt,
+                    dims,
+                    spec,
+                    batch_size,
+                    precision or esettings.precision,
+                )
+            )
+        except KeyboardInterrupt:
+            typer.echo(
+                "interrupted: finished batches are committed; run the same command again to resume", err=True
+            )
+            raise typer.Exit(130) from None
+        if summary.get("failed"):
+            raise typer.Exit(1)
+
+
+async def _run(
+    path: Path,
+    collection: str,
+    model: str,
+    isettings: Any,
+    esettings: Any,
+    fmt: str | None,
+    dims: int | None,
+    spec: dict[str, Any],
+    batch_size: int,
+    precision: str,
+) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from embedder.errors import DowseError
+    from indexer.ingest import Progress as IngestProgress
+    from indexer.service import IndexerService
+
+    console = Console()
+    embedder: Any
+    service = None
+    if isettings.embedder_url:
+        from embedder.http_client import HttpEmbedderClient
+
+        embedder = HttpEmbedderClient(isettings.embedder_url, timeout_s=isettings.embedder_timeout_s)
+    else:
+        from embedder.inprocess import InProcessEmbedderClient
+        from embedder.service import EmbeddingService
+
+        service = EmbeddingService(
+            esettings.model_cache_dir(),
+            [],
+            default_model=model,
+            precision=precision,
+            intra_op_threads=esettings.intra_op_threads,
+            device=esettings.device,
+            batching=False,
+        )
+        with console.status(f"loading embedder {model} ({precision})"):
+            await service.start()
+        embedder = InProcessEmbedderClient(service)
+    svc = IndexerService(
+        isettings.data_dir,
+        embedder,
+        hnsw_threshold=isettings.hnsw_threshold,
+        max_batch_docs=isettings.max_batch_docs,
+        max_doc_chars=isettings.max_doc_chars,
+        snapshot_every=isettings.snapshot_every,
+    )
+    prog = IngestProgress()
+    t0 = time.perf_counter()
+    status = "completed"
+    try:
+        with console.status("opening collections"):
+            await svc.open()
+        await svc.create_collection(collection, model=model, dims=dims, index=spec, exist_ok=True)
+        before = (await svc.collection_info(collection))["stats"]["documents"]
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.1f} docs/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task(f"index {path.name} -> {collection}", total=None, rate=0.0)
+
+            def on_progress(p: IngestProgress) -> None:
+                elapsed = max(time.perf_counter() - t0, 1e-6)
+                bar.update(
+                    task, total=p.total, completed=p.done + p.skipped + p.failed, rate=p.done / elapsed
+                )
+
+            await svc.run_ingest(
+                collection, path, fmt, batch_size=batch_size, on_progress=on_progress, progress=prog
+            )
+        info = await svc.collection_info(collection)
+    except DowseError as exc:
+        status = "failed"
+        console.print(f"[red]error[/red] ({exc.type}): {exc.message}")
+        info = None
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        status = "interrupted"
+        raise
+    finally:
+        elapsed = time.perf_counter() - t0
+        await svc.close()
+        await embedder.aclose()
+        if service is not None:
+            await service.stop()
+        table = Table(title=f"dowse index: {status}")
+        for col in ("written", "skipped (resume)", "failed", "docs/s", "seconds"):
+            table.add_column(col, justify="right")
+        table.add_row(
+            str(prog.done),
+            str(prog.skipped),
+            str(prog.failed),
+            f"{prog.done / max(elapsed, 1e-6):.1f}",
+            f"{elapsed:.1f}",
+        )
+        console.print(table)
+        for err in prog.errors[:10]:
+            console.print(f"[yellow]skipped record[/yellow] {err}")
+    if info is not None:
+        st = info["stats"]
+        console.print(
+            f"collection {collection}: {st['documents']} documents ({st['documents'] - before} new), "
+            f"{st['chunks']} chunks, dense index {st['dense_index']}"
+        )
+    return {
+        "status": status,
+        "done": prog.done,
+        "skipped": prog.skipped,
+        "failed": prog.failed or status == "failed",
+    }

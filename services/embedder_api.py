@@ -1,17 +1,308 @@
-"""HTTP routes of the embedder role (mounted by services.app.create_app)."""
+"""HTTP routes of the embedder role (mounted by services.app.create_app).
+
+OpenAI ``/v1/embeddings``, TEI ``/embed`` and ``/rerank``, Cohere ``/v1/rerank`` and ``/info``. Input
+checks live in the core (``EmbeddingService``) so that in-process and HTTP callers get the same errors.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import base64
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI
+import numpy as np
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.routing import APIRoute
+from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, Field
 
-router = APIRouter()
+from embedder.errors import DowseError, InvalidInput
+from embedder.inprocess import InProcessEmbedderClient
+from embedder.service import EmbeddingService
+from services.errors import status_for
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter("dowse_embedder_requests_total", "Embedder HTTP requests", ["endpoint", "status"])
+LATENCY = Histogram(
+    "dowse_embedder_request_seconds",
+    "Embedder HTTP request latency",
+    ["endpoint"],
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+)
+
+
+class _MeteredRoute(APIRoute):
+    """Counts requests by status and observes latency, including errors raised inside the handler."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        path = self.path
+
+        async def metered(request: Request) -> Response:
+            t0 = time.perf_counter()
+            status = 500
+            try:
+                resp = await handler(request)
+                status = resp.status_code
+                return resp
+            except DowseError as exc:
+                status = status_for(exc)
+                raise
+            except Exception as exc:  # validation errors etc.: the app's handlers pick the status
+                status = 422 if type(exc).__name__ == "RequestValidationError" else 500
+                raise
+            finally:
+                REQUESTS.labels(path, str(status)).inc()
+                LATENCY.labels(path).observe(time.perf_counter() - t0)
+
+        return metered
+
+
+router = APIRouter(tags=["embedder"], route_class=_MeteredRoute)
+
+_INPUT_TYPES = {"search_query": "query", "search_document": "passage", "query": "query", "passage": "passage"}
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI-compatible embeddings request, plus Dowse extensions (prompt_name, input_type, ...)."""
+
+    input: Any = Field(..., description="a string or a list of strings")
+    model: str | None = Field(None, description="preset name; default: the service's default model")
+    dimensions: int | None = Field(None, description="Matryoshka-style: truncate then re-normalise")
+    encoding_format: Literal["float", "base64"] = "float"
+    prompt_name: str | None = Field(None, description="query | passage | a model-defined prompt")
+    input_type: Literal["search_query", "search_document"] | None = None
+    instruction: str | None = Field(None, description="prefix used verbatim instead of the model's prompt")
+    truncate: bool = Field(True, description="cut inputs at the model's max length; false: 413 if over")
+    user: str | None = None
+
+
+class TeiEmbedRequest(BaseModel):
+    """Text Embeddings Inference ``/embed`` request."""
+
+    inputs: Any = Field(..., description="a string or a list of strings")
+    normalize: bool = True
+    truncate: bool = False
+    prompt_name: str | None = None
+    dimensions: int | None = None
+    model: str | None = None
+
+
+class TeiRerankRequest(BaseModel):
+    """Text Embeddings Inference ``/rerank`` request."""
+
+    query: Any
+    texts: Any
+    raw_scores: bool = False
+    return_text: bool = False
+    truncate: bool = False
+    model: str | None = None
+
+
+class CohereRerankRequest(BaseModel):
+    """Cohere/Jina ``/v1/rerank`` request; documents are strings or ``{"text": ...}`` objects."""
+
+    query: Any
+    documents: Any
+    top_n: int | None = Field(None, description=">= 1; default: all documents")
+    return_documents: bool = False
+    model: str | None = None
+    truncate: bool = True
+
+
+def _service(request: Request) -> EmbeddingService:
+    return request.app.state.embedding_service  # type: ignore[no-any-return]
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _prompt(prompt_name: str | None, input_type: str | None) -> str | None:
+    if prompt_name is not None:
+        return prompt_name
+    return _INPUT_TYPES[input_type] if input_type else None
+
+
+@contextlib.contextmanager
+def _renamed(field: str, new: str) -> Any:
+    """Report core errors on ``field`` under the name this API uses (``input`` -> ``inputs``)."""
+    try:
+        yield
+    except DowseError as exc:
+        if exc.field is not None and exc.field.startswith(field) and not exc.field.startswith(new):
+            exc.field = new + exc.field[len(field) :]
+            exc.message = exc.message.replace(field, new, 1)
+        raise
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+@router.post("/v1/embeddings")
+async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
+    """OpenAI-shape embeddings (float or base64 float32 little-endian)."""
+    svc = _service(request)
+    res = await svc.embed(
+        _as_list(body.input),
+        model=body.model,
+        prompt_name=_prompt(body.prompt_name, body.input_type),
+        instruction=body.instruction,
+        dimensions=body.dimensions,
+        truncate=body.truncate,
+    )
+    vecs = res.vectors
+    data = []
+    for i, (vec, n) in enumerate(zip(vecs, res.token_counts, strict=True)):
+        emb: Any = (
+            base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode("ascii")
+            if body.encoding_format == "base64"
+            else vec.tolist()
+        )
+        data.append({"object": "embedding", "index": i, "embedding": emb, "tokens": n})
+    total = int(sum(res.token_counts))
+    return {
+        "object": "list",
+        "data": data,
+        "model": res.model,
+        "usage": {"prompt_tokens": total, "total_tokens": total},
+    }
+
+
+@router.post("/embed")
+async def tei_embed(body: TeiEmbedRequest, request: Request) -> list[list[float]]:
+    """TEI-shape embeddings: a list of vectors."""
+    if not body.normalize:
+        raise InvalidInput("only normalised embeddings are served", field="normalize", limit=True)
+    with _renamed("input", "inputs"):
+        res = await _service(request).embed(
+            _as_list(body.inputs),
+            model=body.model,
+            prompt_name=body.prompt_name,
+            dimensions=body.dimensions,
+            truncate=body.truncate,
+        )
+    return res.vectors.tolist()  # type: ignore[no-any-return]
+
+
+@router.post("/rerank")
+async def tei_rerank(body: TeiRerankRequest, request: Request) -> list[dict[str, Any]]:
+    """TEI-shape rerank: ``[{"index", "score", "text"?}]`` by descending score (sigmoid unless raw)."""
+    with _renamed("documents", "texts"):
+        scores = await _service(request).rerank(
+            body.query, body.texts, model=body.model, truncate=body.truncate
+        )
+    out = []
+    for i in sorted(range(len(scores)), key=lambda k: -scores[k]):
+        row: dict[str, Any] = {"index": i, "score": scores[i] if body.raw_scores else _sigmoid(scores[i])}
+        if body.return_text:
+            row["text"] = body.texts[i]
+        out.append(row)
+    return out
+
+
+@router.post("/v1/rerank")
+async def cohere_rerank(body: CohereRerankRequest, request: Request) -> dict[str, Any]:
+    """Cohere-shape rerank: top_n results with relevance_score = sigmoid(logit)."""
+    docs = body.documents
+    if isinstance(docs, list):
+        texts = []
+        for i, d in enumerate(docs):
+            if isinstance(d, dict):
+                if not isinstance(d.get("text"), str):
+                    raise InvalidInput(
+                        f"documents[{i}] needs a string 'text'", field=f"documents[{i}].text", limit="str"
+                    )
+                texts.append(d["text"])
+            else:
+                texts.append(d)
+        docs = texts
+    if body.top_n is not None and body.top_n < 1:
+        raise InvalidInput("top_n must be >= 1", field="top_n", limit=1)
+    svc = _service(request)
+    scores = await svc.rerank(body.query, docs, model=body.model, truncate=body.truncate)
+    order = sorted(range(len(scores)), key=lambda k: -scores[k])[: body.top_n or len(scores)]
+    results = []
+    for i in order:
+        row: dict[str, Any] = {"index": i, "relevance_score": _sigmoid(scores[i]), "logit": scores[i]}
+        if body.return_documents:
+            row["document"] = {"text": docs[i]}
+        results.append(row)
+    return {"results": results, "model": svc.model_info(body.model or _cross_name(svc))["name"]}
+
+
+def _cross_name(svc: EmbeddingService) -> str:
+    for name in svc.loaded():
+        if svc.model_info(name)["kind"] == "cross-encoder":
+            return name
+    return svc.default_model
+
+
+@router.get("/info")
+async def info(request: Request) -> dict[str, Any]:
+    """Loaded models, limits and batching settings (TEI-like)."""
+    svc = _service(request)
+    models = [svc.model_info(n) for n in svc.loaded()]
+    return {
+        "model_id": svc.default_model,
+        "ready": svc.ready,
+        "load_error": svc.load_error,
+        "loaded": svc.loaded(),
+        "configured": svc.model_names,
+        "models": models,
+        "precision": svc.precision,
+        "device": svc.device,
+        "batching": svc.batching,
+        "max_client_batch_size": svc.max_client_batch,
+        "max_batch_size": svc.max_batch_size,
+        "max_batch_tokens": svc.max_batch_tokens,
+        "max_wait_ms": svc.max_wait_ms,
+        "max_queue": svc.max_queue,
+    }
 
 
 async def start(app: FastAPI, settings: Any) -> None:
-    """Build this role's core objects onto app.state."""
+    """Build the EmbeddingService and load its models in the background (/ready is 503 until done)."""
+    svc = EmbeddingService(
+        settings.model_cache_dir(),
+        list(settings.extra_models),
+        default_model=settings.model,
+        precision=settings.precision,
+        device=settings.device,
+        intra_op_threads=settings.intra_op_threads,
+        batching=settings.batching,
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+        max_client_batch=settings.max_client_batch,
+        auto_export=settings.auto_export,
+    )
+    app.state.embedding_service = svc
+    app.state.embedder_client = InProcessEmbedderClient(svc)
+    app.state.ready_checks.append(("embedder", lambda: svc.ready))
+
+    async def _load() -> None:
+        with contextlib.suppress(Exception):  # logged by start(); /ready stays 503 and /info shows it
+            await svc.start()
+
+    app.state.embedder_load_task = asyncio.get_running_loop().create_task(_load(), name="embedder-load")
 
 
 async def stop(app: FastAPI) -> None:
-    """Release this role's resources."""
+    """Cancel loading if still running and stop the service."""
+    task = getattr(app.state, "embedder_load_task", None)
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    svc = getattr(app.state, "embedding_service", None)
+    if svc is not None:
+        await svc.stop()

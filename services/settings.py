@@ -50,12 +50,32 @@ class IndexerSettings(CommonSettings):
 
     embedder_url: str | None = None  # None = in-process embedder
     hnsw_threshold: int = 50_000
+    embedder_timeout_s: float = 60.0  # document batches embed in one call per 64 chunks
+    max_batch_docs: int = 1000
+    max_doc_chars: int = 1_000_000
+    snapshot_every: int = 20_000  # dense snapshot after this many chunk changes (SQLite replays the rest)
+    job_roots: list[Path] | None = None  # ingest jobs over HTTP may only read files under these folders
 
 
 class CacheSettings(CommonSettings):
     """Semantic cache (served by the gateway)."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    cache_max_error: float = Field(0.02, gt=0, lt=1, description="default delta of the adaptive policy")
+    cache_threshold: float = Field(0.9, ge=0, le=1, description="default threshold of the static policy")
+    cache_min_obs: int = Field(3, ge=0, description="own observations before an entry's own fit decides")
+    cache_use_prior: bool = True  # new entries decide with the namespace's pooled fit
+    cache_min_similarity: float = 0.0  # adaptive: a nearest neighbour below this is a plain miss
+    cache_max_entries: int = Field(1_000_000, ge=1, description="per namespace; oldest evicted first")
+    cache_default_ttl_s: int | None = None
+    cache_refresh_ttl_on_hit: bool = False
+    cache_lookup_ttl_s: int = 3600  # how long a lookup id accepts feedback
+    cache_op_timeout_s: float = 0.04  # Redis budget of a lookup (misses within 50 ms when Redis is down)
+    cache_judge: Literal["exact", "embedding"] = "exact"
+    cache_judge_threshold: float = Field(0.9, ge=0, le=1)
+    cache_embed_model: str | None = None  # None = the embedder's default model
+    cache_max_prompt_chars: int = 32_768
+    cache_max_response_chars: int = 262_144
 
 
 class GatewaySettings(CacheSettings):
@@ -66,6 +86,14 @@ class GatewaySettings(CacheSettings):
     embed_timeout_s: float = 2.0
     rerank_timeout_s: float = 5.0
     search_timeout_s: float = 5.0
+    retrieve_timeout_s: float = 3.0  # each indexer call (BM25, dense, collection info)
+    search_candidates: int = 100  # hits per retriever before fusion (default; per request: candidates)
+    search_alpha: float = 0.5  # convex fusion weight of the dense list (untuned default)
+    rerank_top_n: int = 20  # fused candidates sent to the cross-encoder
+    rerank_weight: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="CE weight vs first stage; 1 = CE order"
+    )
+    rerank_model: str | None = None  # None = the embedder's default cross-encoder (ms-marco-l12)
 
 
 class ServeSettings(EmbedderSettings, IndexerSettings, GatewaySettings):

@@ -32,3 +32,22 @@ def model_cache() -> Path:
 def redis_url() -> str:
     """A real Redis (db 15, flushed by the tests that use it); `.ci/run` starts one if needed."""
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def exported_minilm(model_cache: Path) -> Path:
+    """minilm exported (fp32 + int8 ONNX) into the shared model cache; reused across sessions."""
+    from embedder.export import ensure_exported
+
+    return ensure_exported("minilm", model_cache)
+
+
+@pytest.fixture(scope="session")
+def embedding_service(model_cache: Path, exported_minilm: Path):  # type: ignore[no-untyped-def]
+    """A loaded EmbeddingService (minilm + ms-marco-l12, int8, batching off so any event loop can use it)."""
+    from embedder.service import EmbeddingService
+
+    svc = EmbeddingService(model_cache, ["ms-marco-l12"], default_model="minilm", batching=False)
+    svc.start_blocking()
+    yield svc
+    svc.ready = False

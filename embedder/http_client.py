@@ -1,0 +1,150 @@
+"""EmbedderClient over HTTP (httpx) against a Dowse embedder: ``/v1/embeddings`` and ``/rerank``.
+
+Vectors travel as base64 float32, so they are bit-identical to the in-process client's. 4xx JSON errors
+come back as the matching :class:`~embedder.errors.DowseError` category; connection errors, timeouts and
+5xx become :class:`~embedder.errors.DependencyFailed`.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import httpx
+import numpy as np
+
+from embedder.client import EmbedResult
+from embedder.errors import (
+    Conflict,
+    DependencyFailed,
+    DowseError,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    Overloaded,
+    TooLarge,
+)
+from embedder.registry import UnknownModel, canonical_name
+
+log = logging.getLogger(__name__)
+
+_BY_TYPE: dict[str, type[DowseError]] = {
+    cls.type: cls
+    for cls in (InvalidInput, TooLarge, NotFound, Conflict, Overloaded, NotReady, DependencyFailed)
+}
+_BY_STATUS: dict[int, type[DowseError]] = {
+    400: InvalidInput,
+    404: NotFound,
+    409: Conflict,
+    413: TooLarge,
+    422: InvalidInput,
+    424: DependencyFailed,
+    429: Overloaded,
+}
+
+
+def error_from_response(resp: httpx.Response) -> DowseError:
+    """The DowseError a non-2xx embedder response stands for."""
+    try:
+        err = resp.json().get("error") or {}
+    except (ValueError, AttributeError):
+        err = {}
+    message = str(err.get("message") or f"embedder answered HTTP {resp.status_code}")
+    field, limit = err.get("field"), err.get("limit")
+    if resp.status_code >= 500:
+        return DependencyFailed(f"embedder failed (HTTP {resp.status_code}): {message}", field="embedder")
+    cls = _BY_TYPE.get(str(err.get("type"))) or _BY_STATUS.get(resp.status_code, InvalidInput)
+    return cls(message, field=field, limit=limit)
+
+
+class HttpEmbedderClient:
+    """Talks to a remote embedder; one pooled httpx client per instance."""
+
+    def __init__(
+        self, base_url: str, timeout_s: float = 10.0, client: httpx.AsyncClient | None = None
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = client or httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        self._info: dict[str, Any] | None = None
+
+    async def _request(self, method: str, path: str, json: Any = None) -> Any:
+        try:
+            resp = await self._client.request(method, path, json=json)
+        except httpx.TimeoutException as exc:
+            raise DependencyFailed(f"embedder timed out on {path}", field="embedder") from exc
+        except httpx.HTTPError as exc:
+            raise DependencyFailed(
+                f"embedder unreachable at {self.base_url}: {type(exc).__name__}", field="embedder"
+            ) from exc
+        if resp.status_code >= 300:
+            raise error_from_response(resp)
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise DependencyFailed(f"embedder sent invalid JSON on {path}", field="embedder") from exc
+
+    async def embed(
+        self,
+        texts: list[str],
+        *,
+        model: str | None = None,
+        prompt_name: str | None = None,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+        truncate: bool = True,
+    ) -> EmbedResult:
+        """POST /v1/embeddings (base64) and decode to float32 rows."""
+        body: dict[str, Any] = {"input": list(texts), "encoding_format": "base64", "truncate": truncate}
+        for key, val in (
+            ("model", model),
+            ("prompt_name", prompt_name),
+            ("instruction", instruction),
+            ("dimensions", dimensions),
+        ):
+            if val is not None:
+                body[key] = val
+        data = await self._request("POST", "/v1/embeddings", body)
+        try:
+            rows = sorted(data["data"], key=lambda d: d["index"])
+            vecs = np.stack([np.frombuffer(base64.b64decode(r["embedding"]), dtype="<f4") for r in rows])
+            counts = [int(r.get("tokens", 0)) for r in rows]
+            return EmbedResult(vecs.astype(np.float32), counts, str(data.get("model", model or "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DependencyFailed(
+                "embedder sent an unexpected /v1/embeddings body", field="embedder"
+            ) from exc
+
+    async def rerank(
+        self, query: str, documents: list[str], *, model: str | None = None, truncate: bool = True
+    ) -> list[float]:
+        """POST /rerank with raw_scores: logits in input order."""
+        body: dict[str, Any] = {
+            "query": query,
+            "texts": list(documents),
+            "raw_scores": True,
+            "truncate": truncate,
+        }
+        if model is not None:
+            body["model"] = model
+        data = await self._request("POST", "/rerank", body)
+        try:
+            scores = [0.0] * len(documents)
+            for row in data:
+                scores[int(row["index"])] = float(row["score"])
+            return scores
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise DependencyFailed("embedder sent an unexpected /rerank body", field="embedder") from exc
+
+    async def model_info(self, model: str | None = None) -> dict[str, Any]:
+        """Info of ``model`` (default bi-encoder when None) from GET /info."""
+        info = await self._request("GET", "/info")
+        name = canonical_name(model) if model else info.get("model_id")
+        for m in info.get("models", []):
+            if m.get("name") == name:
+                return dict(m)
+        raise UnknownModel(f"model {name!r} is not loaded", field="model", limit=info.get("loaded"))
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()

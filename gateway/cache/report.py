@@ -1,0 +1,217 @@
+"""``dowse cache-eval`` / ``bench/cache.py``: run the three cache workloads; write JSON, Markdown, PNG."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.cache import evaluate as ev
+from gateway.cache.service import CacheConfig, CacheService
+
+log = logging.getLogger(__name__)
+
+STATIC_SWEEP = (0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
+DELTAS = (0.01, 0.02, 0.05)
+# GPTCache README (hit/miss on the 999 paraphrase pairs, its default ONNX embedding + distance evaluation)
+GPTCACHE_README = {0.95: (425, 25, 549), 0.9: (804, 77, 118), 0.8: (904, 92, 3)}
+
+
+@dataclass
+class EvalOptions:
+    """What to run."""
+
+    data_dir: Path
+    redis_url: str
+    model_cache: Path
+    out_dir: Path
+    cache_dir: Path
+    model: str = "minilm"
+    seed: int = 0
+    qqp_pairs: int = 5000
+    workloads: tuple[str, ...] = ("banking77", "qqp", "gptcache")
+    config: CacheConfig = field(default_factory=CacheConfig)
+
+
+async def _sweep(opts: EvalOptions, wl: ev.Workload, vecs: np.ndarray) -> dict[str, Any]:
+    order = np.random.default_rng(opts.seed).permutation(len(wl.texts))
+    static = []
+    for th in STATIC_SWEEP:
+        r = await ev.run_stream(opts.redis_url, wl, vecs, "static", th, seed=opts.seed, order=order)
+        log.info("%s static %.2f: hit %.4f err %.4f", wl.name, th, r.hit_rate, r.error_rate)
+        static.append(r)
+    adaptive = []
+    for d in DELTAS:
+        r = await ev.run_stream(
+            opts.redis_url, wl, vecs, "adaptive", d, seed=opts.seed, order=order, config=opts.config
+        )
+        log.info("%s adaptive %.2f: hit %.4f err %.4f", wl.name, d, r.hit_rate, r.error_rate)
+        adaptive.append(r)
+    rows = []
+    for r in adaptive:
+        static_hit = ev.interpolate_static(static, r.error_rate)
+        rows.append(
+            {
+                **r.row(),
+                "bound_holds": r.error_ci[0] <= r.param,
+                "static_hit_at_same_error": static_hit,
+                "on_or_above_static": r.hit_rate >= static_hit,
+            }
+        )
+    return {"static": [r.row() for r in static], "adaptive": rows, "stream_length": len(order)}
+
+
+async def _gptcache(opts: EvalOptions) -> dict[str, Any]:
+    origins, similars = ev.gptcache_pairs(opts.data_dir)
+    vecs = ev.embed_cached(origins + similars, opts.cache_dir, opts.model_cache, opts.model)
+    vo, vs = vecs[: len(origins)], vecs[len(origins) :]
+    cfg = CacheConfig(prefix=f"dowse:cache-eval:gpt{opts.seed}", op_timeout_s=2.0)
+    svc = CacheService(opts.redis_url, None, cfg, seed=opts.seed)
+    await svc.start()
+    rows = []
+    try:
+        for i, o in enumerate(origins):
+            await svc.store_vector("gpt", vo[i], o, str(i), "")
+        for th in sorted({*GPTCACHE_README, 0.7, 0.75, 0.85}, reverse=True):
+            good = bad = miss = 0
+            for i, s in enumerate(similars):
+                res = await svc.lookup_vector("gpt", vs[i], s, "", "static", 0.02, th)
+                if res.hit:
+                    good += res.response == str(i)
+                    bad += res.response != str(i)
+                else:
+                    miss += 1
+            ref = GPTCACHE_README.get(th)
+            rows.append(
+                {
+                    "threshold": th,
+                    "correct_hits": good,
+                    "wrong_hits": bad,
+                    "misses": miss,
+                    "gptcache_readme": dict(zip(("correct_hits", "wrong_hits", "misses"), ref, strict=True))
+                    if ref
+                    else None,
+                }
+            )
+    finally:
+        await svc.delete_namespace("gpt")
+        await svc.close()
+    return {"pairs": len(origins), "rows": rows}
+
+
+async def run_all(opts: EvalOptions) -> dict[str, Any]:
+    """Run the selected workloads; write ``cache_eval.{json,md,png}`` into ``opts.out_dir``."""
+    t0 = time.time()
+    out: dict[str, Any] = {
+        "model": opts.model,
+        "seed": opts.seed,
+        "policy_config": {
+            k: v for k, v in opts.config.__dict__.items() if isinstance(v, int | float | bool | str | None)
+        },
+    }
+    if "banking77" in opts.workloads:
+        wl = ev.banking77(opts.data_dir, "test")
+        vecs = ev.embed_cached(wl.texts, opts.cache_dir, opts.model_cache, opts.model)
+        out["banking77"] = await _sweep(opts, wl, vecs)
+    if "qqp" in opts.workloads:
+        wl = ev.qqp(opts.data_dir, opts.qqp_pairs, opts.seed)
+        vecs = ev.embed_cached(wl.texts, opts.cache_dir, opts.model_cache, opts.model)
+        out["qqp"] = await _sweep(opts, wl, vecs)
+    if "gptcache" in opts.workloads:
+        out["gptcache"] = await _gptcache(opts)
+    out["wall_s"] = round(time.time() - t0, 1)
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    (opts.out_dir / "cache_eval.json").write_text(json.dumps(out, indent=2))
+    (opts.out_dir / "cache_eval.md").write_text(markdown(out))
+    plot(out, opts.out_dir / "cache_eval.png")
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """Markdown tables of an evaluation."""
+    lines: list[str] = []
+    for name in ("banking77", "qqp"):
+        if name not in out:
+            continue
+        res = out[name]
+        lines += [
+            f"### {name} (stream of {res['stream_length']} prompts, seed {out['seed']}, "
+            f"model {out['model']})",
+            "",
+            "| policy | param | hit rate | error rate [95% CI] | LLM calls saved | entries |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in res["static"] + res["adaptive"]:
+            lo, hi = r["error_ci"]
+            lines.append(
+                f"| {r['policy']} | {r['param']} | {_pct(r['hit_rate'])} | {_pct(r['error_rate'])} "
+                f"[{_pct(lo)}, {_pct(hi)}] | {r['llm_calls_saved']} | {r['entries']} |"
+            )
+        lines += ["", "| delta | error <= delta (CI) | hit rate | static hit rate at same error | on/above |"]
+        lines.append("|---|---|---|---|---|")
+        for r in res["adaptive"]:
+            lines.append(
+                f"| {r['param']} | {'yes' if r['bound_holds'] else 'NO'} | {_pct(r['hit_rate'])} | "
+                f"{_pct(r['static_hit_at_same_error'])} | {'yes' if r['on_or_above_static'] else 'no'} |"
+            )
+        lines.append("")
+    if "gptcache" in out:
+        lines += [
+            f"### GPTCache paraphrases ({out['gptcache']['pairs']} pairs: store each origin, "
+            "look up each similar)",
+            "",
+            "| threshold | Dowse correct / wrong / miss | GPTCache README correct / wrong / miss |",
+            "|---|---|---|",
+        ]
+        for r in out["gptcache"]["rows"]:
+            ref = r["gptcache_readme"]
+            ref_s = f"{ref['correct_hits']} / {ref['wrong_hits']} / {ref['misses']}" if ref else "-"
+            lines.append(
+                f"| {r['threshold']} | {r['correct_hits']} / {r['wrong_hits']} / {r['misses']} | {ref_s} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(out: dict[str, Any], path: Path) -> None:
+    """Hit rate against error rate: the static curve and the adaptive points, one panel per workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("banking77", "qqp") if n in out]
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        st = sorted(out[name]["static"], key=lambda r: r["error_rate"])
+        ax.plot([r["error_rate"] for r in st], [r["hit_rate"] for r in st], "o-", label="static threshold")
+        for r in st:
+            ax.annotate(f"{r['param']}", (r["error_rate"], r["hit_rate"]), fontsize=7)
+        for r in out[name]["adaptive"]:
+            lo, hi = r["error_ci"]
+            ax.errorbar(
+                r["error_rate"],
+                r["hit_rate"],
+                xerr=[[r["error_rate"] - lo], [hi - r["error_rate"]]],
+                fmt="s",
+                label=f"adaptive delta={r['param']}",
+            )
+        ax.set_xlabel("error rate (wrong exploits / lookups)")
+        ax.set_ylabel("hit rate (exploits / lookups)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,402 @@
+"""The semantic cache service: lookups against the in-process mirror, durable state in Redis.
+
+A lookup embeds the prompt, finds the nearest live entry of its (namespace, scope) in the mirror, decides
+exploit / explore / miss with the chosen policy and records the lookup (one pipelined Redis round trip) so
+that feedback can reach any replica. Redis outages degrade the cache, never the gateway: lookups answer
+miss, stores are dropped and counted, and a background task reconnects and rebuilds the mirror.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from embedder.client import EmbedderClient
+from embedder.errors import DependencyFailed
+from gateway.cache.judge import ExactMatchJudge, Judge
+from gateway.cache.mirror import Mirror, MirrorEntry
+from gateway.cache.policy import ThresholdFit, VerifiedPolicy
+from gateway.cache.store import PREFIX, Keys, encode_fit, scope_hash
+from gateway.cache.sync import MirrorSync
+from gateway.cache.validate import CacheLimits, check_policy, check_text
+
+log = logging.getLogger(__name__)
+
+Decision = Literal["exploit", "explore", "miss"]
+_REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
+
+
+@dataclass
+class CacheConfig:
+    """Tunables of the cache service (plain values; services/settings.py maps env vars onto them)."""
+
+    default_max_error: float = 0.02
+    default_threshold: float = 0.9
+    min_obs: int = 2  # own observations before an entry's own fit is used
+    use_prior: bool = True  # new entries decide with the namespace's pooled fit
+    prior_min_obs: int = 50
+    prior_every: int = 25  # refit the pooled prior every N feedbacks
+    prior_window: int = 5000
+    max_obs_per_entry: int = 256
+    min_similarity: float = 0.0  # adaptive: a neighbour below this is a miss
+    max_entries: int = 1_000_000  # per namespace; oldest evicted first
+    default_ttl_s: int | None = None
+    refresh_ttl_on_hit: bool = False
+    lookup_ttl_s: int = 3600
+    op_timeout_s: float = 0.04  # lookup-path Redis budget (the miss-within-50-ms promise)
+    write_timeout_s: float = 1.0
+    reconnect_interval_s: float = 0.25
+    stream_maxlen: int = 1_000_000
+    exact_max: int = 4096
+    ef_search: int = 64
+    embed_model: str | None = None
+    prefix: str = PREFIX
+    limits: CacheLimits = field(default_factory=CacheLimits)
+
+
+@dataclass
+class LookupResult:
+    """Outcome of one lookup."""
+
+    hit: bool
+    decision: Decision
+    lookup_id: str
+    response: str | None = None
+    similarity: float | None = None
+    entry_id: str | None = None
+    exploit_probability: float | None = None
+    degraded: str | None = None
+
+
+@dataclass
+class StoreResult:
+    """Outcome of one store."""
+
+    stored: bool
+    entry_id: str | None = None
+    evicted: int = 0
+    degraded: str | None = None
+
+
+@dataclass
+class FeedbackResult:
+    """Outcome of one feedback."""
+
+    correct: bool | None
+    entry_id: str | None
+    stored_entry_id: str | None
+    observations: int = 0
+
+
+def _client(url: str, timeout: float) -> Any:
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=max(timeout, 0.5),
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+
+
+class CacheService:
+    """Semantic prompt cache over Redis with per-entry adaptive thresholds."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        embedder: EmbedderClient | None,
+        config: CacheConfig | None = None,
+        *,
+        judge: Judge | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.config = config or CacheConfig()
+        self.keys = Keys(self.config.prefix)
+        self.embedder = embedder
+        self.judge: Judge = judge or ExactMatchJudge()
+        self.policy = VerifiedPolicy()
+        self.rng = random.Random(seed)
+        self.fast: Any = _client(redis_url, self.config.op_timeout_s)
+        self.main: Any = _client(redis_url, self.config.write_timeout_s)
+        self.sync = MirrorSync(redis_url, self.keys, self.config.exact_max, self.config.ef_search)
+        self.local: dict[str, int] = {"degraded_lookups": 0, "dropped_stores": 0, "redis_errors": 0}
+        self.started = False
+
+    # ----------------------------------------------------------------- lifecycle
+    @property
+    def mirror(self) -> Mirror:
+        """The current in-process mirror."""
+        return self.sync.mirror
+
+    @property
+    def redis_ok(self) -> bool:
+        """False while Redis is unreachable."""
+        return self.sync.ok
+
+    async def start(self) -> None:
+        """Rebuild the mirror from Redis and follow the change stream (degraded if Redis is down)."""
+        await self.sync.start()
+        for client in (self.fast, self.main):  # open the pools' first connections outside the lookup budget
+            with contextlib.suppress(*_REDIS_ERRORS):
+                await asyncio.wait_for(client.ping(), 1.0)
+        self.started = True
+
+    async def close(self) -> None:
+        """Stop background tasks and close connections."""
+        await self.sync.close()
+        for c in (self.fast, self.main):
+            with contextlib.suppress(Exception):
+                await c.aclose()
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.local["redis_errors"] += 1
+        log.warning("cache: Redis failed during %s (%r)", what, exc)
+        self.sync.suspect()
+
+    # ----------------------------------------------------------------- helpers
+    async def embed(self, text: str) -> np.ndarray:
+        """The prompt's L2-normalised embedding."""
+        if self.embedder is None:
+            raise DependencyFailed("no embedder configured for the cache", field="embedder")
+        res = await self.embedder.embed([text], model=self.config.embed_model)
+        vec = np.asarray(res.vectors[0], dtype=np.float32)
+        norm = float(np.linalg.norm(vec))
+        return vec / norm if norm > 0 else vec
+
+    def fit_for(self, entry: MirrorEntry) -> ThresholdFit | None:
+        """The fit that decides for ``entry``: its own once it has enough observations, else the prior."""
+        if entry.n_obs >= self.config.min_obs and entry.fit is not None:
+            return entry.fit
+        if self.config.use_prior:
+            prior = self.mirror.priors.get(entry.namespace)
+            if prior is not None and prior.n >= self.config.prior_min_obs:
+                return prior
+        return None
+
+    # ----------------------------------------------------------------- lookup
+    async def lookup(
+        self,
+        namespace: str,
+        prompt: str,
+        scope: Any = None,
+        policy: str = "adaptive",
+        max_error: float | None = None,
+        threshold: float | None = None,
+    ) -> LookupResult:
+        """Embed ``prompt`` and decide whether a cached response may be served."""
+        check_text(namespace, prompt, "prompt", self.config.limits.max_prompt_chars)
+        max_error, threshold = check_policy(policy, max_error, threshold, self.config)
+        lookup_id = uuid.uuid4().hex
+        if not self.redis_ok:
+            self.local["degraded_lookups"] += 1
+            return LookupResult(False, "miss", lookup_id, degraded="redis unavailable")
+        vec = await self.embed(prompt)
+        return await self.lookup_vector(
+            namespace, vec, prompt, scope_hash(scope), policy, max_error, threshold, lookup_id
+        )
+
+    async def lookup_vector(
+        self,
+        namespace: str,
+        vec: np.ndarray,
+        prompt: str,
+        scope: str,
+        policy: str,
+        max_error: float,
+        threshold: float,
+        lookup_id: str | None = None,
+    ) -> LookupResult:
+        """Decide for an already-embedded prompt (``scope`` is the scope hash)."""
+        lookup_id = lookup_id or uuid.uuid4().hex
+        if not self.redis_ok:
+            self.local["degraded_lookups"] += 1
+            return LookupResult(False, "miss", lookup_id, degraded="redis unavailable")
+        nb = self.mirror.nearest(namespace, scope, vec)
+        decision: Decision = "miss"
+        p_exploit: float | None = None
+        fit: ThresholdFit | None = None
+        if nb is not None:
+            s = nb.similarity
+            fit = self.fit_for(nb.entry)
+            if policy == "static":
+                decision = "exploit" if s >= threshold else "miss"
+            elif s >= self.config.min_similarity:
+                # too few observations and no usable prior: always explore
+                p_exploit = 0.0 if fit is None else self.policy.exploit_probability(s, fit, max_error)
+                decision = "exploit" if self.rng.random() < p_exploit else "explore"
+        k = self.keys
+        pipe = self.fast.pipeline(transaction=False)
+        record: dict[str, Any] = {"ns": namespace, "scope": scope, "dec": decision, "prompt": prompt}
+        record["emb"] = np.ascontiguousarray(vec, dtype=np.float32).tobytes()
+        if nb is not None:
+            record["eid"] = nb.entry.id
+            record["s"] = f"{nb.similarity:.6f}"
+        pipe.hset(k.lookup(lookup_id), mapping=record)
+        pipe.expire(k.lookup(lookup_id), self.config.lookup_ttl_s)
+        stats = k.stats(namespace)
+        pipe.hincrby(stats, "lookups", 1)
+        pipe.hincrby(stats, decision, 1)
+        if decision == "exploit" and nb is not None:
+            if fit is not None and fit.usable:
+                p_correct = 1.0 / (1.0 + np.exp(-fit.gamma * (nb.similarity - fit.t)))
+                pipe.hincrbyfloat(stats, "est_wrong", float(1.0 - p_correct))
+                pipe.hincrby(stats, "est_n", 1)
+            if self.config.refresh_ttl_on_hit and nb.entry.expires_at > 0:
+                self.sync.touch(pipe, nb.entry, self.config)
+        try:
+            await asyncio.wait_for(pipe.execute(), self.config.op_timeout_s * 1.2)
+        except _REDIS_ERRORS as exc:
+            self._failed("lookup", exc)
+            self.local["degraded_lookups"] += 1
+            return LookupResult(False, "miss", lookup_id, degraded="redis unavailable")
+        if decision != "exploit" or nb is None:
+            return LookupResult(
+                False,
+                decision,
+                lookup_id,
+                similarity=nb.similarity if nb else None,
+                entry_id=nb.entry.id if nb else None,
+                exploit_probability=p_exploit,
+            )
+        return LookupResult(
+            True, "exploit", lookup_id, nb.entry.response, nb.similarity, nb.entry.id, p_exploit
+        )
+
+    # ----------------------------------------------------------------- store
+    async def store(
+        self,
+        namespace: str,
+        prompt: str,
+        response: str,
+        scope: Any = None,
+        metadata: dict[str, Any] | None = None,
+        ttl_s: int | None = None,
+    ) -> StoreResult:
+        """Embed and store a prompt/response pair (dropped and counted while Redis is down)."""
+        lim = self.config.limits
+        check_text(namespace, prompt, "prompt", lim.max_prompt_chars)
+        check_text(namespace, response, "response", lim.max_response_chars)
+        lim.check_metadata(metadata)
+        lim.check_ttl(ttl_s)
+        if not self.redis_ok:
+            return self._drop_store("redis unavailable")
+        vec = await self.embed(prompt)
+        return await self.store_vector(namespace, vec, prompt, response, scope_hash(scope), metadata, ttl_s)
+
+    def _drop_store(self, reason: str) -> StoreResult:
+        self.local["dropped_stores"] += 1
+        log.warning("cache: store dropped (%s); %d dropped so far", reason, self.local["dropped_stores"])
+        return StoreResult(False, degraded=reason)
+
+    async def store_vector(
+        self,
+        namespace: str,
+        vec: np.ndarray,
+        prompt: str,
+        response: str,
+        scope: str,
+        metadata: dict[str, Any] | None = None,
+        ttl_s: int | None = None,
+    ) -> StoreResult:
+        """Store an already-embedded prompt (``scope`` is the scope hash)."""
+        if not self.redis_ok:
+            return self._drop_store("redis unavailable")
+        ttl = ttl_s if ttl_s is not None else self.config.default_ttl_s
+        try:
+            eid, evicted = await self.sync.write_entry(
+                self.main, namespace, vec, prompt, response, scope, metadata, ttl, self.config
+            )
+        except _REDIS_ERRORS as exc:
+            self._failed("store", exc)
+            return self._drop_store("redis unavailable")
+        return StoreResult(True, eid, evicted)
+
+    # ----------------------------------------------------------------- feedback
+    async def feedback(self, lookup_id: str, response: str) -> FeedbackResult:
+        """Judge the cached response against the fresh one; update the entry; store the pair if needed."""
+        from gateway.cache.feedback import apply_feedback
+
+        check_text("-", response, "response", self.config.limits.max_response_chars)
+        if not self.redis_ok:
+            raise DependencyFailed("cache store (Redis) is unavailable", field="redis")
+        try:
+            return await apply_feedback(self, lookup_id, response)
+        except _REDIS_ERRORS as exc:
+            self._failed("feedback", exc)
+            raise DependencyFailed("cache store (Redis) is unavailable", field="redis") from None
+
+    async def feedback_entry(
+        self, namespace: str, entry_id: str, prompt: str, response: str, scope: Any = None
+    ) -> FeedbackResult:
+        """Feedback without a lookup id: similarity is recomputed from the prompt."""
+        from gateway.cache.feedback import apply_entry_feedback
+
+        check_text(namespace, prompt, "prompt", self.config.limits.max_prompt_chars)
+        check_text(namespace, response, "response", self.config.limits.max_response_chars)
+        if not self.redis_ok:
+            raise DependencyFailed("cache store (Redis) is unavailable", field="redis")
+        vec = await self.embed(prompt)
+        try:
+            return await apply_entry_feedback(
+                self, namespace, entry_id, prompt, vec, scope_hash(scope), response
+            )
+        except _REDIS_ERRORS as exc:
+            self._failed("feedback", exc)
+            raise DependencyFailed("cache store (Redis) is unavailable", field="redis") from None
+
+    # ----------------------------------------------------------------- admin
+    async def delete_entry(self, namespace: str, entry_id: str) -> bool:
+        """Delete one entry; False if it did not exist."""
+        self._need_redis()
+        try:
+            return await self.sync.delete_entry(self.main, namespace, entry_id)
+        except _REDIS_ERRORS as exc:
+            self._failed("delete", exc)
+            raise DependencyFailed("cache store (Redis) is unavailable", field="redis") from None
+
+    async def delete_namespace(self, namespace: str) -> int:
+        """Delete a namespace with all its entries and statistics; returns the entry count removed."""
+        self._need_redis()
+        try:
+            return await self.sync.delete_namespace(self.main, namespace)
+        except _REDIS_ERRORS as exc:
+            self._failed("delete", exc)
+            raise DependencyFailed("cache store (Redis) is unavailable", field="redis") from None
+
+    def _need_redis(self) -> None:
+        if not self.redis_ok:
+            raise DependencyFailed("cache store (Redis) is unavailable", field="redis")
+
+    async def stats(self, namespace: str | None = None) -> dict[str, Any]:
+        """Counters and rates (one namespace or all), plus this replica's degraded-mode counters."""
+        from gateway.cache.feedback import read_stats
+
+        out: dict[str, Any] = {"redis": "ok" if self.redis_ok else "unavailable", "replica": dict(self.local)}
+        out["entries_mirrored"] = self.mirror.count(namespace)
+        if self.redis_ok:
+            try:
+                out.update(await read_stats(self, namespace))
+            except _REDIS_ERRORS as exc:
+                self._failed("stats", exc)
+                out["redis"] = "unavailable"
+        return out
+
+    def now(self) -> float:
+        """Wall clock (seconds)."""
+        return time.time()
+
+    def fit_payload(self, fit: ThresholdFit | None) -> str:
+        """Serialised fit for Redis/stream."""
+        return encode_fit(fit)

@@ -1,0 +1,148 @@
+"""Redis layout of the semantic cache: everything durable lives here; the mirror is derived from it.
+
+Keys (prefix ``dowse:cache``; namespaces are isolated by key prefix):
+
+- ``{p}:namespaces``            set of namespace names
+- ``{p}:ns:{ns}:e:{id}``         hash: prompt, response, scope, emb (float32 bytes), created, expires, ttl,
+                                 meta (JSON), fit (JSON list), nobs
+- ``{p}:ns:{ns}:o:{id}``         list of observations ``"s y"`` of that entry (same TTL as the entry)
+- ``{p}:ns:{ns}:ids``            sorted set id -> created (eviction order, rebuild listing)
+- ``{p}:ns:{ns}:pobs``           list of the namespace's recent observations (pooled prior)
+- ``{p}:ns:{ns}:prior``          JSON list: the pooled fit
+- ``{p}:ns:{ns}:stats``          hash of counters
+- ``{p}:l:{lookup_id}``          hash: a lookup awaiting feedback (TTL)
+- ``{p}:stream``                 change stream (put / del / fit / prior / nsdel) that keeps replicas in sync
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.cache.mirror import MirrorEntry
+from gateway.cache.policy import ThresholdFit
+
+PREFIX = "dowse:cache"
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder for one prefix."""
+
+    prefix: str = PREFIX
+
+    @property
+    def namespaces(self) -> str:
+        """Set of namespace names."""
+        return f"{self.prefix}:namespaces"
+
+    @property
+    def stream(self) -> str:
+        """Change stream."""
+        return f"{self.prefix}:stream"
+
+    def ns(self, ns: str) -> str:
+        """Prefix of one namespace's keys."""
+        return f"{self.prefix}:ns:{ns}"
+
+    def entry(self, ns: str, eid: str) -> str:
+        """Entry hash."""
+        return f"{self.prefix}:ns:{ns}:e:{eid}"
+
+    def obs(self, ns: str, eid: str) -> str:
+        """Observation list of an entry."""
+        return f"{self.prefix}:ns:{ns}:o:{eid}"
+
+    def ids(self, ns: str) -> str:
+        """Sorted set of entry ids by creation time."""
+        return f"{self.prefix}:ns:{ns}:ids"
+
+    def pooled(self, ns: str) -> str:
+        """Pooled observation list."""
+        return f"{self.prefix}:ns:{ns}:pobs"
+
+    def prior(self, ns: str) -> str:
+        """Pooled fit."""
+        return f"{self.prefix}:ns:{ns}:prior"
+
+    def stats(self, ns: str) -> str:
+        """Counters."""
+        return f"{self.prefix}:ns:{ns}:stats"
+
+    def lookup(self, lookup_id: str) -> str:
+        """A pending lookup."""
+        return f"{self.prefix}:l:{lookup_id}"
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def encode_fit(fit: ThresholdFit | None) -> str:
+    """JSON of a fit ('' when none)."""
+    return json.dumps(fit.to_list()) if fit is not None else ""
+
+
+def decode_fit(raw: Any) -> ThresholdFit | None:
+    """Inverse of :func:`encode_fit`."""
+    if not raw:
+        return None
+    return ThresholdFit.from_list(json.loads(_s(raw)))
+
+
+def encode_obs(s: float, y: bool) -> str:
+    """One observation as stored in the lists."""
+    return f"{s:.6f} {1 if y else 0}"
+
+
+def decode_obs(items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Observation list -> (s, y) arrays."""
+    if not items:
+        return np.zeros(0), np.zeros(0)
+    pairs = [_s(it).split() for it in items]
+    return np.array([float(p[0]) for p in pairs]), np.array([float(p[1]) for p in pairs])
+
+
+ENTRY_MIRROR_FIELDS = ("scope", "emb", "response", "expires", "fit", "nobs", "ttl")
+
+
+def entry_from_fields(ns: str, eid: str, vals: list[Any]) -> tuple[MirrorEntry, np.ndarray] | None:
+    """Build a mirror entry from HMGET of :data:`ENTRY_MIRROR_FIELDS` (None if the hash is gone)."""
+    scope, emb, response, expires, fit, nobs, ttl = vals
+    if emb is None or response is None:
+        return None
+    vec = np.frombuffer(emb, dtype=np.float32).copy()
+    entry = MirrorEntry(
+        id=eid,
+        namespace=ns,
+        scope=_s(scope or b""),
+        response=_s(response),
+        expires_at=float(_s(expires or b"0")),
+        fit=decode_fit(fit),
+        n_obs=int(_s(nobs or b"0")),
+        ttl_s=int(_s(ttl or b"0")),
+    )
+    return entry, vec
+
+
+def event_to_dict(fields: dict[Any, Any]) -> dict[str, Any]:
+    """Stream entry fields with str keys; the embedding stays bytes."""
+    out: dict[str, Any] = {}
+    for k, v in fields.items():
+        key = _s(k)
+        out[key] = v if key == "emb" else _s(v)
+    return out
+
+
+def scope_hash(scope: Any) -> str:
+    """Stable hash of a scope (system prompt, model, generation params); '' when there is none."""
+    if scope is None or scope == "" or scope == {}:
+        return ""
+    canonical = json.dumps(scope, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]

@@ -1,0 +1,108 @@
+"""HTTP IndexerClient (httpx) against the indexer's REST routes; error JSON maps back to DowseError types."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import numpy as np
+
+from embedder.errors import (
+    Conflict,
+    DependencyFailed,
+    DowseError,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    Overloaded,
+    TooLarge,
+)
+from indexer.client import Hit
+
+_BY_STATUS: dict[int, type[DowseError]] = {
+    400: InvalidInput,
+    404: NotFound,
+    409: Conflict,
+    413: TooLarge,
+    422: InvalidInput,
+    424: DependencyFailed,
+    429: Overloaded,
+    503: NotReady,
+}
+
+
+class HttpIndexerClient:
+    """Implements ``indexer.client.IndexerClient`` over HTTP; transport failures -> DependencyFailed."""
+
+    def __init__(
+        self, base_url: str, timeout_s: float = 5.0, client: httpx.AsyncClient | None = None
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = client or httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+
+    async def _call(self, method: str, path: str, json: Any = None) -> Any:
+        try:
+            resp = await self._client.request(method, path, json=json)
+        except httpx.TimeoutException as exc:
+            raise DependencyFailed(f"indexer timed out: {type(exc).__name__}", field="indexer") from exc
+        except httpx.HTTPError as exc:
+            raise DependencyFailed(f"indexer unreachable: {type(exc).__name__}", field="indexer") from exc
+        if resp.status_code < 400:
+            return resp.json()
+        try:
+            err = resp.json().get("error", {})
+        except ValueError:
+            err = {}
+        cls = _BY_STATUS.get(resp.status_code)
+        if cls is None:  # 5xx and anything unexpected: the dependency failed
+            raise DependencyFailed(f"indexer answered HTTP {resp.status_code}", field="indexer")
+        raise cls(
+            str(err.get("message") or f"indexer HTTP {resp.status_code}"),
+            field=err.get("field"),
+            limit=err.get("limit"),
+        )
+
+    async def collection_info(self, name: str) -> dict[str, Any]:
+        """The collection manifest + stats."""
+        out: dict[str, Any] = await self._call("GET", f"/v1/collections/{name}")
+        return out
+
+    async def search_dense(
+        self, name: str, vector: np.ndarray, k: int, filters: dict[str, Any] | None = None
+    ) -> list[Hit]:
+        """Top-k documents by vector similarity (vector sent as base64 float32)."""
+        vec = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(-1))
+        body = {"vector_b64": base64.b64encode(vec.tobytes()).decode(), "k": k, "filters": filters}
+        return _hits(await self._call("POST", f"/v1/collections/{name}/search/dense", body))
+
+    async def search_lexical(
+        self, name: str, query: str, k: int, filters: dict[str, Any] | None = None
+    ) -> list[Hit]:
+        """Top-k documents by BM25."""
+        body = {"query": query, "k": k, "filters": filters}
+        return _hits(await self._call("POST", f"/v1/collections/{name}/search/lexical", body))
+
+    async def get_documents(self, name: str, ids: list[str]) -> list[dict[str, Any]]:
+        """Stored documents in ``ids`` order."""
+        out = await self._call("POST", f"/v1/collections/{name}/documents/get", {"ids": ids})
+        docs: list[dict[str, Any]] = out["documents"]
+        return docs
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+
+def _hits(body: dict[str, Any]) -> list[Hit]:
+    return [
+        Hit(
+            h["id"],
+            float(h["score"]),
+            h.get("title", ""),
+            h.get("text", ""),
+            h.get("metadata") or {},
+            int(h.get("chunk", 0)),
+        )
+        for h in body["hits"]
+    ]

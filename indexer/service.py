@@ -1,0 +1,600 @@
+"""IndexerService: collections CRUD, validated batch upserts, dense / lexical search, ingest jobs.
+
+Async facade over blocking :class:`~indexer.collection.Collection` calls (run in worker threads)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedder.client import EmbedderClient
+from embedder.errors import DependencyFailed, DowseError, InvalidInput
+from indexer.chunking import Chunker, offsets_for_model, passage_text
+from indexer.client import Hit
+from indexer.collection import Collection
+from indexer.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    CollectionNotReady,
+    DocumentTooLarge,
+    InvalidCollectionSpec,
+    InvalidDocument,
+    JobNotFound,
+    ManifestMismatch,
+)
+from indexer.filters import compile_filters
+from indexer.ingest import Progress, count_records, detect_format, ingest
+from indexer.manifest import ANALYZERS, METRICS, IndexSpec, Manifest, validate_name
+from indexer.store import PreparedDoc
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000
+MAX_ID_CHARS = 512
+MAX_TITLE_CHARS = 4096
+MAX_METADATA_BYTES = 65_536
+MAX_QUERY_CHARS = 10_000
+
+
+class IndexerService:
+    """All collections under ``data_dir/collections``; embeds documents through ``embedder``."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        embedder: EmbedderClient,
+        *,
+        hnsw_threshold: int = 50_000,
+        max_batch_docs: int = 1000,
+        max_doc_chars: int = 1_000_000,
+        embed_batch: int = 64,
+        snapshot_every: int = 20_000,
+        job_roots: list[Path] | None = None,
+    ) -> None:
+        self.root = Path(data_dir) / "collections"
+        self.embedder = embedder
+        self.hnsw_threshold = hnsw_threshold
+        self.max_batch_docs = max_batch_docs
+        self.max_doc_chars = max_doc_chars
+        self.embed_batch = embed_batch
+        self.snapshot_every = snapshot_every
+        self.job_roots = [p.resolve() for p in job_roots] if job_roots else None
+        self._collections: dict[str, Collection] = {}
+        self._chunkers: dict[str, Chunker] = {}
+        self._create_lock = asyncio.Lock()
+        self._jobs: dict[str, asyncio.Task[Any]] = {}
+        self._revision_checked: dict[str, float] = {}
+        self.ready = False
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Open every collection on disk (snapshot load + SQLite replay), then mark ready."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for mpath in sorted(self.root.glob("*/manifest.json")):
+            manifest = Manifest.load(mpath)
+            coll = self._new_collection(mpath.parent, manifest)
+            self._collections[manifest.name] = coll
+            await asyncio.to_thread(coll.open)
+            await asyncio.to_thread(self._mark_interrupted_jobs, coll)
+        self.ready = True
+
+    def _new_collection(self, root: Path, manifest: Manifest) -> Collection:
+        return Collection(
+            root, manifest, hnsw_threshold=self.hnsw_threshold, snapshot_every=self.snapshot_every
+        )
+
+    @staticmethod
+    def _mark_interrupted_jobs(coll: Collection) -> None:
+        for job in coll.store.jobs():
+            if job["status"] in ("queued", "running"):
+                job["status"] = "interrupted"
+                job["updated_at"] = time.time()
+                coll.store.job_put(job)
+
+    async def close(self) -> None:
+        """Cancel jobs, snapshot and close every collection."""
+        for task in list(self._jobs.values()):
+            task.cancel()
+        for task in list(self._jobs.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for coll in list(self._collections.values()):
+            await asyncio.to_thread(coll.close)
+        self._collections.clear()
+
+    def _get(self, name: str) -> Collection:
+        coll = self._collections.get(name)
+        if coll is None:
+            raise CollectionNotFound(f"collection {name!r} does not exist", field="collection")
+        if not coll.ready:
+            raise CollectionNotReady(f"collection {name!r} is still opening", field="collection")
+        return coll
+
+    # ---- collections --------------------------------------------------------------------------
+    async def create_collection(
+        self,
+        name: str,
+        *,
+        model: str = "minilm",
+        dims: int | None = None,
+        metric: str = "cosine",
+        index: dict[str, Any] | str | None = None,
+        analyzer: str = "en_stem",
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        exist_ok: bool = False,
+    ) -> dict[str, Any]:
+        """Create a collection pinned to ``model`` (revision, prompts and dims from the embedder)."""
+        validate_name(name)
+        spec = IndexSpec.parse(index)
+        if metric not in METRICS:
+            raise InvalidCollectionSpec(
+                f"metric must be one of {list(METRICS)}", field="metric", limit=list(METRICS)
+            )
+        if analyzer not in ANALYZERS:
+            raise InvalidCollectionSpec(
+                f"analyzer must be one of {list(ANALYZERS)}", field="analyzer", limit=list(ANALYZERS)
+            )
+        info = await self._model_info(model)
+        if info.get("kind", "bi-encoder") != "bi-encoder":
+            raise InvalidCollectionSpec(f"model {model!r} is not a bi-encoder", field="model")
+        model_dim = int(info["dim"])
+        dims = model_dim if dims is None else dims
+        if isinstance(dims, bool) or not isinstance(dims, int) or not 8 <= dims <= model_dim:
+            raise InvalidCollectionSpec(f"dims must be in [8, {model_dim}]", field="dims", limit=model_dim)
+        if spec.code == "binary" and dims % 8:
+            raise InvalidCollectionSpec("binary codes need dims divisible by 8", field="dims", limit=8)
+        max_len = int(info.get("max_length") or 256)
+        chunk_tokens = max_len if chunk_tokens is None else chunk_tokens
+        if isinstance(chunk_tokens, bool) or not 32 <= chunk_tokens <= max_len:
+            raise InvalidCollectionSpec(
+                f"chunk_tokens must be in [32, {max_len}]", field="chunk_tokens", limit=max_len
+            )
+        chunk_overlap = min(32, chunk_tokens // 4) if chunk_overlap is None else chunk_overlap
+        if isinstance(chunk_overlap, bool) or not 0 <= chunk_overlap < chunk_tokens // 2:
+            raise InvalidCollectionSpec(
+                "chunk_overlap must be in [0, chunk_tokens/2)", field="chunk_overlap", limit=chunk_tokens // 2
+            )
+        prompts = info.get("prompts") or {}
+        manifest = Manifest(
+            name=name,
+            model=str(info.get("name") or model),
+            revision=str(info.get("revision") or ""),
+            dims=dims,
+            model_dim=model_dim,
+            metric=metric,
+            prompt="passage" if "passage" in prompts or not prompts else "document",
+            query_prompt="query",
+            index=spec,
+            analyzer=analyzer,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+        )
+        async with self._create_lock:
+            existing = self._collections.get(name)
+            if existing is not None:
+                if exist_ok and _same_config(existing.manifest, manifest):
+                    return await self.collection_info(name)
+                raise CollectionExists(f"collection {name!r} already exists", field="name")
+            root = self.root / name
+            if root.exists():  # leftover of a failed create / delete
+                shutil.rmtree(root)
+            root.mkdir(parents=True)
+            manifest.save(root / "manifest.json")
+            coll = self._new_collection(root, manifest)
+            await asyncio.to_thread(coll.open)
+            self._collections[name] = coll
+        log.info("created collection %s (%s, %d dims, %s)", name, manifest.model, dims, spec.type)
+        return await self.collection_info(name)
+
+    async def list_collections(self) -> list[dict[str, Any]]:
+        """Every collection's manifest and stats."""
+        return [await self.collection_info(n) for n in sorted(self._collections)]
+
+    async def collection_info(self, name: str) -> dict[str, Any]:
+        """Manifest + stats of one collection."""
+        coll = self._get(name)
+        info = coll.manifest.to_dict()
+        info["stats"] = await asyncio.to_thread(coll.stats)
+        return info
+
+    async def delete_collection(self, name: str) -> dict[str, Any]:
+        """Delete a collection and its files."""
+        coll = self._get(name)
+        for job_id, task in list(self._jobs.items()):
+            if job_id.startswith(f"{name}/"):
+                task.cancel()
+        async with self._create_lock:
+            self._collections.pop(name, None)
+            await asyncio.to_thread(coll.destroy)
+        return {"deleted": name}
+
+    # ---- documents ----------------------------------------------------------------------------
+    def validate_document(self, doc: Any, where: str | int) -> None:
+        """Check one ``{id, title, text, metadata}``; raises InvalidDocument / DocumentTooLarge."""
+        f = f"documents[{where}]"
+        if not isinstance(doc, dict):
+            raise InvalidDocument(f"{f} must be an object", field=f)
+        doc_id = doc.get("id")
+        if not isinstance(doc_id, str) or not doc_id.strip():
+            raise InvalidDocument(f"{f}.id must be a non-empty string", field=f"{f}.id")
+        if len(doc_id) > MAX_ID_CHARS or any(ord(c) < 32 for c in doc_id):
+            raise InvalidDocument(
+                f"{f}.id: at most {MAX_ID_CHARS} printable characters", field=f"{f}.id", limit=MAX_ID_CHARS
+            )
+        text = doc.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidDocument(f"{f}.text must be a non-empty string", field=f"{f}.text")
+        if len(text) > self.max_doc_chars:
+            raise DocumentTooLarge(
+                f"{f}.text has {len(text)} characters, over the limit",
+                field=f"{f}.text",
+                limit=self.max_doc_chars,
+            )
+        title = doc.get("title") or ""
+        if not isinstance(title, str) or len(title) > MAX_TITLE_CHARS:
+            raise InvalidDocument(
+                f"{f}.title must be a string of at most {MAX_TITLE_CHARS} characters",
+                field=f"{f}.title",
+                limit=MAX_TITLE_CHARS,
+            )
+        meta = doc.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise InvalidDocument(f"{f}.metadata must be a JSON object", field=f"{f}.metadata")
+        try:
+            raw = json.dumps(meta, allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidDocument(
+                f"{f}.metadata is not JSON-serialisable: {exc}", field=f"{f}.metadata"
+            ) from None
+        if len(raw.encode()) > MAX_METADATA_BYTES:
+            raise DocumentTooLarge(
+                f"{f}.metadata is over {MAX_METADATA_BYTES} bytes",
+                field=f"{f}.metadata",
+                limit=MAX_METADATA_BYTES,
+            )
+
+    def _validate_batch(self, docs: Any) -> None:
+        if not isinstance(docs, list) or not docs:
+            raise InvalidDocument("documents must be a non-empty list", field="documents")
+        if len(docs) > self.max_batch_docs:
+            raise DocumentTooLarge(
+                f"{len(docs)} documents in one batch, over the limit",
+                field="documents",
+                limit=self.max_batch_docs,
+            )
+        seen: dict[str, int] = {}
+        for i, doc in enumerate(docs):
+            self.validate_document(doc, i)
+            if doc["id"] in seen:
+                raise InvalidDocument(
+                    f"documents[{i}].id {doc['id']!r} duplicates documents[{seen[doc['id']]}].id",
+                    field=f"documents[{i}].id",
+                )
+            seen[doc["id"]] = i
+
+    def _chunker(self, manifest: Manifest) -> Chunker:
+        key = f"{manifest.model}:{manifest.chunk_tokens}:{manifest.chunk_overlap}"
+        if key not in self._chunkers:
+            self._chunkers[key] = Chunker(
+                manifest.chunk_tokens, manifest.chunk_overlap, offsets_for_model(manifest.model)
+            )
+        return self._chunkers[key]
+
+    async def upsert(
+        self, name: str, docs: list[dict[str, Any]], *, model: str | None = None, dims: int | None = None
+    ) -> dict[str, Any]:
+        """Validate everything, embed, then write the batch in one transaction (all or nothing)."""
+        coll = self._get(name)
+        man = coll.manifest
+        if model is not None and model not in (man.model, name_alias(man.model)):
+            raise ManifestMismatch(
+                f"collection {name!r} holds vectors of model {man.model!r}, not {model!r}",
+                field="model",
+                limit=man.model,
+            )
+        if dims is not None and dims != man.dims:
+            raise ManifestMismatch(
+                f"collection {name!r} has {man.dims} dims, not {dims}", field="dims", limit=man.dims
+            )
+        self._validate_batch(docs)
+        await self._check_revision(man)
+        chunker = self._chunker(man)
+        plans = await asyncio.to_thread(
+            lambda: [chunker.split(d.get("title") or "", d["text"]) for d in docs]
+        )
+        texts = [
+            passage_text(d.get("title") or "", c.text)
+            for d, chunks in zip(docs, plans, strict=True)
+            for c in chunks
+        ]
+        vectors = await self._embed(man, texts)
+        prepared: list[PreparedDoc] = []
+        pos = 0
+        for d, chunks in zip(docs, plans, strict=True):
+            emb = vectors[pos : pos + len(chunks)]
+            pos += len(chunks)
+            prepared.append(
+                PreparedDoc(
+                    id=d["id"],
+                    title=d.get("title") or "",
+                    text=d["text"],
+                    metadata=json.dumps(d.get("metadata") or {}, allow_nan=False, ensure_ascii=False),
+                    chunks=[(c.chunk_no, c.start, c.end) for c in chunks],
+                    embeddings=emb,
+                )
+            )
+        ch = await asyncio.to_thread(coll.write, prepared)
+        return {"upserted": len(prepared), "chunks": len(ch.cids), "seq": ch.seq}
+
+    async def _embed(self, man: Manifest, texts: list[str]) -> np.ndarray:
+        # length-sorted groups: each embed call pads to its longest text, so similar lengths waste less
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        parts: list[np.ndarray] = []
+        for i in range(0, len(texts), self.embed_batch):
+            batch = [texts[j] for j in order[i : i + self.embed_batch]]
+            try:
+                res = await self.embedder.embed(
+                    batch, model=man.model, prompt_name=man.prompt, dimensions=man.dims, truncate=True
+                )
+            except DowseError:
+                raise
+            except Exception as exc:
+                raise DependencyFailed(f"embedder failed: {type(exc).__name__}", field="embedder") from exc
+            vec = np.asarray(res.vectors, dtype=np.float32)
+            if vec.shape != (len(batch), man.dims):
+                raise ManifestMismatch(
+                    f"embedder returned shape {tuple(vec.shape)}, collection needs {man.dims} dims",
+                    field="dims",
+                    limit=man.dims,
+                )
+            if res.model and name_alias(res.model) != name_alias(man.model):
+                raise ManifestMismatch(
+                    f"embedder answered with model {res.model!r}, collection pins {man.model!r}",
+                    field="model",
+                    limit=man.model,
+                )
+            parts.append(vec)
+        if not parts:
+            return np.zeros((0, man.dims), np.float32)
+        out = np.empty((len(texts), man.dims), np.float32)
+        out[order] = np.concatenate(parts)
+        return out
+
+    async def _model_info(self, model: str) -> dict[str, Any]:
+        try:
+            return await self.embedder.model_info(model)
+        except DowseError:
+            raise
+        except Exception as exc:
+            raise DependencyFailed(f"embedder failed: {type(exc).__name__}", field="embedder") from exc
+
+    async def _check_revision(self, man: Manifest) -> None:
+        """Refuse writes when the embedder now serves another revision of the pinned model (cached 60 s)."""
+        if time.monotonic() - self._revision_checked.get(man.name, -1e9) < 60:
+            return
+        info = await self._model_info(man.model)
+        rev = str(info.get("revision") or "")
+        if man.revision and rev and rev != man.revision:
+            raise ManifestMismatch(
+                f"embedder serves {man.model!r} revision {rev!r}; {man.name!r} pins {man.revision!r}",
+                field="model",
+                limit=man.revision,
+            )
+        self._revision_checked[man.name] = time.monotonic()
+
+    async def delete(self, name: str, ids: list[str]) -> dict[str, Any]:
+        """Delete documents by id (unknown ids ignored), one transaction."""
+        coll = self._get(name)
+        _check_ids(ids, self.max_batch_docs)
+        ch = await asyncio.to_thread(coll.write, [], list(dict.fromkeys(ids)))
+        return {"deleted": len(ch.removed_dnos), "seq": ch.seq}
+
+    async def get_documents(self, name: str, ids: list[str]) -> list[dict[str, Any]]:
+        """Stored documents in ``ids`` order (missing skipped)."""
+        coll = self._get(name)
+        _check_ids(ids, self.max_batch_docs)
+        return await asyncio.to_thread(coll.get_documents, ids)
+
+    # ---- search -------------------------------------------------------------------------------
+    async def search_dense(
+        self,
+        name: str,
+        vector: Any,
+        k: int = 10,
+        filters: dict[str, Any] | None = None,
+        per_chunk: bool = False,
+    ) -> list[Hit]:
+        """Top-k by vector similarity; ``vector`` must have the collection's dims."""
+        coll = self._get(name)
+        _check_k(k)
+        compile_filters(filters)
+        try:
+            q = np.asarray(vector, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError):
+            raise InvalidInput("vector must be a list of numbers", field="vector") from None
+        if q.shape[0] != coll.manifest.dims:
+            raise InvalidInput(
+                f"vector has {q.shape[0]} dims, collection {name!r} has {coll.manifest.dims}",
+                field="vector",
+                limit=coll.manifest.dims,
+            )
+        if not np.all(np.isfinite(q)):
+            raise InvalidInput("vector values must be finite", field="vector")
+        if coll.manifest.metric == "cosine":
+            norm = float(np.linalg.norm(q))
+            if norm == 0 or not math.isfinite(norm):
+                raise InvalidInput("vector must be non-zero for cosine similarity", field="vector")
+            q = q / norm
+        return await asyncio.to_thread(coll.search_dense, q, k, filters, per_chunk)
+
+    async def search_lexical(
+        self,
+        name: str,
+        query: str,
+        k: int = 10,
+        filters: dict[str, Any] | None = None,
+        per_chunk: bool = False,
+    ) -> list[Hit]:
+        """Top-k documents by BM25 (``per_chunk`` accepted for symmetry: lexical hits are whole documents)."""
+        coll = self._get(name)
+        _check_k(k)
+        compile_filters(filters)
+        if not isinstance(query, str) or len(query) > MAX_QUERY_CHARS:
+            raise InvalidInput("query must be a string", field="query", limit=MAX_QUERY_CHARS)
+        return await asyncio.to_thread(coll.search_lexical, query, k, filters)
+
+    # ---- jobs ---------------------------------------------------------------------------------
+    async def start_job(self, name: str, path: str | Path, fmt: str | None = None) -> dict[str, Any]:
+        """Start a background ingest of a JSONL / CSV / Parquet file; resumes by skipping stored ids."""
+        coll = self._get(name)
+        p = Path(path).expanduser().resolve()
+        if self.job_roots is not None and not any(p.is_relative_to(r) for r in self.job_roots):
+            raise InvalidInput(
+                "path is outside the allowed ingest roots",
+                field="path",
+                limit=[str(r) for r in self.job_roots],
+            )
+        if not p.is_file():
+            raise InvalidInput(f"no such file: {p}", field="path")
+        fmt = detect_format(p, fmt)
+        now = time.time()
+        job: dict[str, Any] = {
+            "id": uuid.uuid4().hex[:12],
+            "path": str(p),
+            "format": fmt,
+            "status": "queued",
+            "total": None,
+            "done": 0,
+            "skipped": 0,
+            "failed": 0,
+            "errors": [],
+            "created_at": now,
+            "updated_at": now,
+        }
+        await asyncio.to_thread(coll.store.job_put, job)
+        task = asyncio.create_task(self._run_job(coll, job))
+        self._jobs[f"{name}/{job['id']}"] = task
+        task.add_done_callback(lambda _t: self._jobs.pop(f"{name}/{job['id']}", None))
+        return dict(job)
+
+    async def run_ingest(
+        self,
+        name: str,
+        path: Path,
+        fmt: str | None = None,
+        *,
+        batch_size: int = 64,
+        on_progress: Any = None,
+        progress: Progress | None = None,
+    ) -> Progress:
+        """The ingest loop used by jobs and ``dowse index`` (foreground)."""
+        coll = self._get(name)
+        fmt = detect_format(path, fmt)
+        prog = progress or Progress()
+        if prog.total is None:
+            prog.total = await asyncio.to_thread(count_records, path, fmt)
+
+        async def existing(ids: list[str]) -> set[str]:
+            return await asyncio.to_thread(coll.store.existing_ids, ids)
+
+        async def upsert(docs: list[dict[str, Any]]) -> Any:
+            return await self.upsert(name, docs)
+
+        return await ingest(
+            path,
+            fmt,
+            existing=existing,
+            upsert=upsert,
+            validate=self.validate_document,
+            batch_size=batch_size,
+            progress=prog,
+            on_progress=on_progress,
+        )
+
+    async def _run_job(self, coll: Collection, job: dict[str, Any]) -> None:
+        last = 0.0
+
+        def report(prog: Progress) -> None:
+            nonlocal last
+            job.update(
+                total=prog.total,
+                done=prog.done,
+                skipped=prog.skipped,
+                failed=prog.failed,
+                errors=list(prog.errors),
+                updated_at=time.time(),
+            )
+            if time.monotonic() - last > 1.0:
+                last = time.monotonic()
+                coll.store.job_put(job)
+
+        job["status"] = "running"
+        await asyncio.to_thread(coll.store.job_put, job)
+        try:
+            await self.run_ingest(coll.name, Path(job["path"]), job["format"], on_progress=report)
+            job["status"] = "completed"
+        except asyncio.CancelledError:
+            job["status"] = "cancelled"
+            raise
+        except DowseError as exc:
+            job["status"] = "failed"
+            job["errors"] = [*job["errors"], exc.message][-100:]
+        except Exception as exc:
+            log.exception("ingest job %s failed", job["id"])
+            job["status"] = "failed"
+            job["errors"] = [*job["errors"], f"internal error: {type(exc).__name__}"][-100:]
+        finally:
+            job["updated_at"] = time.time()
+            if coll.ready:
+                await asyncio.to_thread(coll.store.job_put, job)
+
+    async def job(self, name: str, job_id: str) -> dict[str, Any]:
+        """One job's progress and errors."""
+        coll = self._get(name)
+        jobs = await asyncio.to_thread(coll.store.jobs, job_id)
+        if not jobs:
+            raise JobNotFound(f"no job {job_id!r} in collection {name!r}", field="job_id")
+        return jobs[0]
+
+    async def list_jobs(self, name: str) -> list[dict[str, Any]]:
+        """All jobs of a collection, newest first."""
+        coll = self._get(name)
+        return await asyncio.to_thread(coll.store.jobs)
+
+
+def name_alias(model: str) -> str:
+    """Canonical preset name (``all-MiniLM-L6-v2`` -> ``minilm``) for comparisons."""
+    try:
+        from embedder.registry import canonical_name
+
+        return canonical_name(model)
+    except ImportError:  # pragma: no cover - registry is part of this distribution
+        return model.lower()
+
+
+def _same_config(a: Manifest, b: Manifest) -> bool:
+    keys = ("model", "revision", "dims", "metric", "index", "analyzer", "chunk_tokens", "chunk_overlap")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+def _check_k(k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InvalidInput(f"k must be an integer in [1, {MAX_K}]", field="k", limit=MAX_K)
+
+
+def _check_ids(ids: Any, limit: int) -> None:
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InvalidInput("ids must be a list of strings", field="ids")
+    if len(ids) > limit:
+        raise DocumentTooLarge(f"at most {limit} ids per request", field="ids", limit=limit)

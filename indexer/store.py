@@ -1,0 +1,356 @@
+"""SQLite (WAL) document store: the source of truth for documents, chunks and their embeddings.
+
+Every write is one transaction that bumps a per-collection sequence number. Rows written carry that
+``seq``; rows removed leave a tombstone ``(seq, kind, key)``. The derived indexes (FAISS, BM25) remember
+the seq they reflect, so on start they replay exactly the changes after it.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS docs (
+  id TEXT PRIMARY KEY, dno INTEGER NOT NULL UNIQUE, title TEXT NOT NULL, text TEXT NOT NULL,
+  metadata TEXT NOT NULL, seq INTEGER NOT NULL, n_chunks INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS docs_seq ON docs(seq);
+CREATE TABLE IF NOT EXISTS chunks (
+  cid INTEGER PRIMARY KEY AUTOINCREMENT, dno INTEGER NOT NULL, chunk_no INTEGER NOT NULL,
+  start INTEGER NOT NULL, end INTEGER NOT NULL, seq INTEGER NOT NULL, emb BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS chunks_dno ON chunks(dno);
+CREATE INDEX IF NOT EXISTS chunks_seq ON chunks(seq);
+CREATE TABLE IF NOT EXISTS removed (seq INTEGER NOT NULL, kind TEXT NOT NULL, key INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS removed_seq ON removed(seq);
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY, path TEXT NOT NULL, format TEXT NOT NULL, status TEXT NOT NULL,
+  total INTEGER, done INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,
+  failed INTEGER NOT NULL DEFAULT 0, errors TEXT NOT NULL DEFAULT '[]',
+  created_at REAL NOT NULL, updated_at REAL NOT NULL);
+"""
+
+
+@dataclass
+class PreparedDoc:
+    """A validated document with its chunks and their embeddings, ready to write."""
+
+    id: str
+    title: str
+    text: str
+    metadata: str  # JSON object text
+    chunks: list[tuple[int, int, int]]  # (chunk_no, start, end)
+    embeddings: np.ndarray  # float32 (n_chunks, dims)
+
+
+@dataclass
+class Changes:
+    """What one transaction (or a replay range) did, for the derived indexes to apply."""
+
+    seq: int
+    removed_dnos: list[int] = field(default_factory=list)
+    removed_cids: list[int] = field(default_factory=list)
+    docs: list[tuple[int, str, str]] = field(default_factory=list)  # (dno, title, text)
+    cids: list[int] = field(default_factory=list)
+    vectors: np.ndarray | None = None  # float32 (len(cids), dims)
+
+
+class DocStore:
+    """One collection's SQLite database."""
+
+    def __init__(self, path: Path, dims: int) -> None:
+        self.path = path
+        self.dims = dims
+        self._wlock = threading.Lock()
+        self._writer = self._connect()
+        self._writer.executescript(SCHEMA)
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all: list[sqlite3.Connection] = [self._writer]
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before the batch is acknowledged (survives power loss, not just kill -9)
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        return conn
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A pooled read connection (WAL: readers never block the writer)."""
+        try:
+            conn = self._readers.get_nowait()
+        except queue.Empty:
+            conn = self._connect()
+            with self._wlock:
+                self._all.append(conn)
+        try:
+            yield conn
+        finally:
+            self._readers.put(conn)
+
+    def close(self) -> None:
+        """Close every connection."""
+        with self._wlock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+    # ---- writes -------------------------------------------------------------------------------
+    def _meta(self, conn: sqlite3.Connection, key: str) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def seq(self) -> int:
+        """Last committed sequence number."""
+        with self.reader() as conn:
+            return self._meta(conn, "seq")
+
+    def write(self, upserts: Sequence[PreparedDoc], delete_ids: Sequence[str] = ()) -> Changes:
+        """Apply upserts and deletes in ONE transaction; all or nothing."""
+        with self._wlock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                seq = self._meta(conn, "seq") + 1
+                next_dno = self._meta(conn, "next_dno") + 1
+                ch = Changes(seq=seq)
+                for doc_id in [*delete_ids, *(d.id for d in upserts)]:
+                    self._remove(conn, doc_id, seq, ch)
+                vec_parts: list[np.ndarray] = []
+                for doc in upserts:
+                    dno = next_dno
+                    next_dno += 1
+                    conn.execute(
+                        "INSERT INTO docs(id, dno, title, text, metadata, seq, n_chunks) "
+                        "VALUES (?,?,?,?,?,?,?)",
+                        (doc.id, dno, doc.title, doc.text, doc.metadata, seq, len(doc.chunks)),
+                    )
+                    emb = np.ascontiguousarray(doc.embeddings, dtype=np.float32)
+                    for (chunk_no, start, end), vec in zip(doc.chunks, emb, strict=True):
+                        cur = conn.execute(
+                            "INSERT INTO chunks(dno, chunk_no, start, end, seq, emb) VALUES (?,?,?,?,?,?)",
+                            (dno, chunk_no, start, end, seq, vec.tobytes()),
+                        )
+                        ch.cids.append(int(cur.lastrowid or 0))
+                    vec_parts.append(emb)
+                    ch.docs.append((dno, doc.title, doc.text))
+                ch.vectors = np.concatenate(vec_parts) if vec_parts else np.zeros((0, self.dims), np.float32)
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (seq,))
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_dno', ?)", (next_dno - 1,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return ch
+
+    def _remove(self, conn: sqlite3.Connection, doc_id: str, seq: int, ch: Changes) -> None:
+        row = conn.execute("SELECT dno FROM docs WHERE id=?", (doc_id,)).fetchone()
+        if row is None:
+            return
+        dno = int(row[0])
+        cids = [int(r[0]) for r in conn.execute("SELECT cid FROM chunks WHERE dno=?", (dno,))]
+        conn.execute("DELETE FROM chunks WHERE dno=?", (dno,))
+        conn.execute("DELETE FROM docs WHERE dno=?", (dno,))
+        conn.execute("INSERT INTO removed VALUES (?, 'doc', ?)", (seq, dno))
+        conn.executemany("INSERT INTO removed VALUES (?, 'chunk', ?)", [(seq, c) for c in cids])
+        ch.removed_dnos.append(dno)
+        ch.removed_cids.extend(cids)
+
+    def prune_tombstones(self, upto_seq: int) -> None:
+        """Forget tombstones every derived index has already applied."""
+        with self._wlock:
+            self._writer.execute("DELETE FROM removed WHERE seq <= ?", (upto_seq,))
+
+    # ---- replay -------------------------------------------------------------------------------
+    def changes_since(self, seq: int, *, docs: bool = True, chunks: bool = True) -> Changes:
+        """Everything committed after ``seq`` (removals first, then current rows), for index replay."""
+        with self.reader() as conn:
+            conn.execute("BEGIN")
+            try:
+                ch = Changes(seq=self._meta(conn, "seq"))
+                for kind, key in conn.execute("SELECT kind, key FROM removed WHERE seq > ?", (seq,)):
+                    (ch.removed_dnos if kind == "doc" else ch.removed_cids).append(int(key))
+                if docs:
+                    ch.docs = [
+                        (int(r[0]), r[1], r[2])
+                        for r in conn.execute("SELECT dno, title, text FROM docs WHERE seq > ?", (seq,))
+                    ]
+                if chunks:
+                    rows = conn.execute(
+                        "SELECT cid, emb FROM chunks WHERE seq > ? ORDER BY cid", (seq,)
+                    ).fetchall()
+                    ch.cids = [int(r[0]) for r in rows]
+                    ch.vectors = self._stack([r[1] for r in rows])
+            finally:
+                conn.execute("COMMIT")
+        return ch
+
+    def _stack(self, blobs: list[bytes]) -> np.ndarray:
+        if not blobs:
+            return np.zeros((0, self.dims), np.float32)
+        return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), self.dims).copy()
+
+    # ---- reads --------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """Documents and chunks stored."""
+        with self.reader() as conn:
+            docs = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
+            chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        return {"documents": int(docs), "chunks": int(chunks)}
+
+    def get_docs(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Stored documents in ``ids`` order; missing ids are skipped."""
+        found: dict[str, dict[str, Any]] = {}
+        with self.reader() as conn:
+            for part in _parts(list(dict.fromkeys(ids))):
+                q = f"SELECT id, title, text, metadata, n_chunks FROM docs WHERE id IN ({_marks(part)})"
+                for r in conn.execute(q, part):
+                    found[r[0]] = {
+                        "id": r[0],
+                        "title": r[1],
+                        "text": r[2],
+                        "metadata": json.loads(r[3]),
+                        "chunks": r[4],
+                    }
+        return [found[i] for i in ids if i in found]
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are stored."""
+        out: set[str] = set()
+        with self.reader() as conn:
+            for part in _parts(list(ids)):
+                out.update(
+                    r[0] for r in conn.execute(f"SELECT id FROM docs WHERE id IN ({_marks(part)})", part)
+                )
+        return out
+
+    def chunk_rows(self, cids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """cid -> chunk + document fields (for turning index hits into results)."""
+        out: dict[int, dict[str, Any]] = {}
+        with self.reader() as conn:
+            for part in _parts(list(cids)):
+                q = (
+                    "SELECT c.cid, c.dno, c.chunk_no, c.start, c.end, d.id, d.title, d.text, d.metadata "
+                    f"FROM chunks c JOIN docs d ON d.dno = c.dno WHERE c.cid IN ({_marks(part)})"
+                )
+                for r in conn.execute(q, part):
+                    out[int(r[0])] = _row(r)
+        return out
+
+    def doc_rows(self, dnos: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """dno -> document fields."""
+        out: dict[int, dict[str, Any]] = {}
+        with self.reader() as conn:
+            for part in _parts(list(dnos)):
+                q = f"SELECT dno, id, title, text, metadata FROM docs WHERE dno IN ({_marks(part)})"
+                for r in conn.execute(q, part):
+                    out[int(r[0])] = {
+                        "dno": int(r[0]),
+                        "id": r[1],
+                        "title": r[2],
+                        "text": r[3],
+                        "metadata": json.loads(r[4]),
+                        "chunk": 0,
+                    }
+        return out
+
+    def embeddings(self, cids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(cids found, float32 vectors) for rescoring / exact search."""
+        got_ids: list[int] = []
+        blobs: list[bytes] = []
+        with self.reader() as conn:
+            for part in _parts(list(cids)):
+                for r in conn.execute(f"SELECT cid, emb FROM chunks WHERE cid IN ({_marks(part)})", part):
+                    got_ids.append(int(r[0]))
+                    blobs.append(r[1])
+        return np.asarray(got_ids, dtype=np.int64), self._stack(blobs)
+
+    def filtered(self, where: str, params: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(cids, dnos) of chunks whose document matches a compiled filter."""
+        with self.reader() as conn:
+            rows = conn.execute(
+                f"SELECT c.cid, d.dno FROM docs d JOIN chunks c ON c.dno = d.dno WHERE {where}", params
+            ).fetchall()
+        arr = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+        return arr[:, 0].copy(), np.unique(arr[:, 1])
+
+    def iter_all_chunks(self, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All (cids, vectors) in cid order, in batches (for full rebuilds)."""
+        last = -1
+        with self.reader() as conn:
+            while True:
+                rows = conn.execute(
+                    "SELECT cid, emb FROM chunks WHERE cid > ? ORDER BY cid LIMIT ?", (last, batch)
+                ).fetchall()
+                if not rows:
+                    return
+                last = int(rows[-1][0])
+                yield np.asarray([r[0] for r in rows], np.int64), self._stack([r[1] for r in rows])
+
+    # ---- jobs ---------------------------------------------------------------------------------
+    def job_put(self, job: dict[str, Any]) -> None:
+        """Insert or update a job row."""
+        cols = [
+            "id",
+            "path",
+            "format",
+            "status",
+            "total",
+            "done",
+            "skipped",
+            "failed",
+            "errors",
+            "created_at",
+            "updated_at",
+        ]
+        vals = [json.dumps(job[c]) if c == "errors" else job[c] for c in cols]
+        with self._wlock:
+            self._writer.execute(
+                f"INSERT OR REPLACE INTO jobs({','.join(cols)}) VALUES ({_marks(cols)})", vals
+            )
+
+    def jobs(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        """All jobs (newest first), or the one with ``job_id``."""
+        q = "SELECT * FROM jobs" + (" WHERE id=?" if job_id else "") + " ORDER BY created_at DESC"
+        with self.reader() as conn:
+            cur = conn.execute(q, (job_id,) if job_id else ())
+            names = [d[0] for d in cur.description]
+            out = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        for job in out:
+            job["errors"] = json.loads(job["errors"])
+        return out
+
+
+def _row(r: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "cid": int(r[0]),
+        "dno": int(r[1]),
+        "chunk": int(r[2]),
+        "start": int(r[3]),
+        "end": int(r[4]),
+        "id": r[5],
+        "title": r[6],
+        "text": r[7],
+        "metadata": json.loads(r[8]),
+    }
+
+
+def _marks(items: Sequence[Any]) -> str:
+    return ",".join("?" * len(items))
+
+
+def _parts(items: list[Any], size: int = 900) -> Iterator[list[Any]]:
+    # numpy integers would bind as BLOBs (buffer protocol): convert to Python ints
+    items = [int(x) if isinstance(x, np.integer) else x for x in items]
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
