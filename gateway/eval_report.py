@@ -51,7 +51,7 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + f"\n\n{info}\n"
 
 
-def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+def plot(results: dict[str, dict[str, Any]], path: Path, dataset: str = "") -> None:
     """Scatter of nDCG@10 against p50 latency (log x), one labelled point per configuration."""
     import matplotlib
 
@@ -69,7 +69,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency per query, ms (log scale; one query at a time)")
     ax.set_ylabel("nDCG@10")
-    ax.set_title("SciFact test: quality vs latency (blue first stage, orange blended rerank, red plain CE)")
+    ax.set_title(f"{dataset}: quality vs latency (blue first stage, orange blended rerank, red plain CE)")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,5 +85,5 @@ def write_report(
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.png"]
     paths[0].write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n", encoding="utf-8")
     paths[1].write_text(markdown(results, meta), encoding="utf-8")
-    plot(results, paths[2])
+    plot(results, paths[2], Path(str(meta.get("dataset", ""))).name or "eval")
     return paths

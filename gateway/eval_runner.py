@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from embedder.errors import NotFound
 from gateway.eval import (
     GRID,
     CachedReranker,
@@ -254,8 +255,14 @@ async def ensure_collections(
         if models is not None and model not in models:
             continue
         name = f"{prefix}{coll}"
-        await indexer_service.create_collection(name, model=model, index={"type": "flat"}, exist_ok=True)
-        have = (await indexer_service.collection_info(name))["stats"]["documents"]
+        try:
+            info = await indexer_service.collection_info(name)
+        except NotFound:
+            await indexer_service.create_collection(name, model=model, index={"type": "flat"})
+            info = await indexer_service.collection_info(name)
+        if info.get("model") != model:
+            raise ValueError(f"collection {name} holds {info.get('model')} vectors, expected {model}")
+        have = info["stats"]["documents"]
         if have < n_docs:
             log.info("indexing %s into %s (%d/%d present)", corpus, name, have, n_docs)
             await indexer_service.run_ingest(name, corpus, None, batch_size=64)

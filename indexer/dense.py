@@ -270,6 +270,8 @@ class DenseIndex:
 
     def load_latest(self, root: Path) -> int | None:
         """Load the newest readable snapshot; returns its seq, or None (caller rebuilds from SQLite)."""
+        for tmp in root.glob(".dense-*.tmp"):  # a snapshot interrupted by a crash
+            shutil.rmtree(tmp, ignore_errors=True)
         snaps = sorted(
             (p for p in root.glob("dense-*") if _snap_seq(p) is not None),
             key=lambda p: _snap_seq(p) or 0,

@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Option("--workload", help="banking77 | qqp | gptcache (repeatable)")
         ] = None,
         qqp_pairs: Annotated[int, typer.Option(min=100, help="seeded sample of QQP pairs")] = 5000,
+        max_stream: Annotated[
+            int | None, typer.Option(min=100, help="QQP: stream only the first N shuffled questions")
+        ] = 3000,
         seed: Annotated[int, typer.Option(help="stream order and policy randomness")] = 0,
     ) -> None:
         """Run the semantic-cache workloads (banking77, QQP, GPTCache pairs) through the real cache."""
@@ -52,6 +55,7 @@ def register(app: typer.Typer) -> None:
             model=model,
             seed=seed,
             qqp_pairs=qqp_pairs,
+            max_stream=max_stream,
             workloads=chosen,
             config=config_from_settings(settings),
         )

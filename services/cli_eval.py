@@ -81,7 +81,7 @@ async def _run(
     from indexer.inprocess import InProcessIndexerClient
     from indexer.service import IndexerService
 
-    console = Console()
+    console = Console(width=170)
     data = load_beir(dataset)
     if opts["max_queries"]:
         keep = list(data.queries)[: opts["max_queries"]]

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
@@ -54,8 +55,9 @@ class _MeteredRoute(APIRoute):
             except DowseError as exc:
                 status = status_for(exc)
                 raise
-            except Exception as exc:  # validation errors etc.: the app's handlers pick the status
-                status = 422 if type(exc).__name__ == "RequestValidationError" else 500
+            except RequestValidationError as exc:  # mirrors services.errors: bad JSON 400, else 422
+                first = exc.errors()[0] if exc.errors() else {}
+                status = 400 if first.get("type") in ("json_invalid", "json_type") else 422
                 raise
             finally:
                 REQUESTS.labels(path, str(status)).inc()

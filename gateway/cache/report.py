@@ -35,13 +35,18 @@ class EvalOptions:
     seed: int = 0
     qqp_pairs: int = 5000
     workloads: tuple[str, ...] = ("banking77", "qqp", "gptcache")
+    max_stream: int | None = None  # cap on the QQP stream (a seeded prefix of its shuffled questions)
+    static_sweep: tuple[float, ...] = STATIC_SWEEP
+    merge: bool = True  # update an existing cache_eval.json instead of replacing it
     config: CacheConfig = field(default_factory=CacheConfig)
 
 
-async def _sweep(opts: EvalOptions, wl: ev.Workload, vecs: np.ndarray) -> dict[str, Any]:
-    order = np.random.default_rng(opts.seed).permutation(len(wl.texts))
+async def _sweep(
+    opts: EvalOptions, wl: ev.Workload, vecs: np.ndarray, max_stream: int | None = None
+) -> dict[str, Any]:
+    order = np.random.default_rng(opts.seed).permutation(len(wl.texts))[:max_stream]
     static = []
-    for th in STATIC_SWEEP:
+    for th in opts.static_sweep:
         r = await ev.run_stream(opts.redis_url, wl, vecs, "static", th, seed=opts.seed, order=order)
         log.info("%s static %.2f: hit %.4f err %.4f", wl.name, th, r.hit_rate, r.error_rate)
         static.append(r)
@@ -121,15 +126,27 @@ async def run_all(opts: EvalOptions) -> dict[str, Any]:
     if "qqp" in opts.workloads:
         wl = ev.qqp(opts.data_dir, opts.qqp_pairs, opts.seed)
         vecs = ev.embed_cached(wl.texts, opts.cache_dir, opts.model_cache, opts.model)
-        out["qqp"] = await _sweep(opts, wl, vecs)
+        out["qqp"] = await _sweep(opts, wl, vecs, opts.max_stream)
     if "gptcache" in opts.workloads:
         out["gptcache"] = await _gptcache(opts)
     out["wall_s"] = round(time.time() - t0, 1)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
-    (opts.out_dir / "cache_eval.json").write_text(json.dumps(out, indent=2))
+    path = opts.out_dir / "cache_eval.json"
+    if opts.merge and path.exists():
+        old = json.loads(path.read_text())
+        out = {
+            **old,
+            **out,
+            "wall_s": {**_as_dict(old.get("wall_s")), "+".join(opts.workloads): out["wall_s"]},
+        }
+    path.write_text(json.dumps(out, indent=2))
     (opts.out_dir / "cache_eval.md").write_text(markdown(out))
     plot(out, opts.out_dir / "cache_eval.png")
     return out
+
+
+def _as_dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else ({"earlier": v} if v is not None else {})
 
 
 def _pct(x: float) -> str:

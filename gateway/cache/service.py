@@ -131,6 +131,7 @@ class CacheService:
         self.fast: Any = _client(redis_url, self.config.op_timeout_s)
         self.main: Any = _client(redis_url, self.config.write_timeout_s)
         self.sync = MirrorSync(redis_url, self.keys, self.config.exact_max, self.config.ef_search)
+        self.sync.clients = [self.fast, self.main]
         self.local: dict[str, int] = {"degraded_lookups": 0, "dropped_stores": 0, "redis_errors": 0}
         self.started = False
 

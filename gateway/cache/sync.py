@@ -67,6 +67,7 @@ class MirrorSync:
         self._health: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._suspect = False
+        self.clients: list[Any] = []  # the service's other clients, whose pools are reset on reconnect
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -152,6 +153,9 @@ class MirrorSync:
                 await r.zrem(k.ids(ns), *gone)
         self.mirror = fresh
         self.last_id = start_id
+        for client in self.clients:  # drop pooled connections that died with the old server
+            with contextlib.suppress(Exception):
+                await client.connection_pool.disconnect()
         self.rebuilds += 1
         self.ok = True
         self._tail = asyncio.create_task(self._tail_loop(), name="cache-stream-tail")

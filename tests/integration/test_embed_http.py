@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
 
 from embedder.errors import DependencyFailed, InvalidInput, TooLarge
 from embedder.http_client import HttpEmbedderClient
@@ -207,6 +209,7 @@ async def test_http_client_maps_connection_errors_to_dependency_failed() -> None
 
 def test_metrics_exposed(server: str) -> None:
     post(server, "/v1/embeddings", {"input": ["metrics probe"]})
+    post(server, "/v1/embeddings", {"input": []})
     text = httpx.get(f"{server}/metrics").text
     for name in (
         'dowse_embedder_requests_total{endpoint="/v1/embeddings",status="200"}',
@@ -304,3 +307,40 @@ def test_serving_path_imports_no_torch(model_cache: Path, exported_minilm: Path)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["codes"] == [200, 200]
     assert result["heavy"] == []
+
+
+# -- property-based fuzz of the embedder's OpenAPI (acceptance 4: no 5xx) ----------------------------------
+def _openapi() -> dict[str, Any]:
+    from services.app import create_app
+    from services.settings import EmbedderSettings
+
+    return create_app(EmbedderSettings(), ["embedder"]).openapi()
+
+
+FUZZ_SCHEMA = schemathesis.openapi.from_dict(_openapi())
+FUZZ_OPS = [
+    ("/v1/embeddings", "POST"),
+    ("/embed", "POST"),
+    ("/rerank", "POST"),
+    ("/v1/rerank", "POST"),
+    ("/info", "GET"),
+]
+
+
+@pytest.mark.parametrize(("path", "method"), FUZZ_OPS)
+def test_fuzz_openapi_never_5xx(server: str, path: str, method: str) -> None:
+    """Schemathesis-generated requests (arbitrary JSON where the schema allows it) against the live server."""
+    seen: list[int] = []
+
+    @given(case=FUZZ_SCHEMA[path][method].as_strategy())
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def check(case: Any) -> None:
+        response = case.call(base_url=server, timeout=60)
+        seen.append(response.status_code)
+        assert response.status_code < 500, (case.body, response.text[:300])
+        if response.status_code >= 400:
+            err = response.json()["error"]
+            assert err["type"] and err["message"]
+
+    check()
+    assert len(seen) >= (1 if method == "GET" else 10)  # GET /info has a single possible request

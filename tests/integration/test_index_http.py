@@ -154,3 +154,29 @@ async def test_demo_corpus_comes_up_searchable(
             assert r.status_code == 200 and r.json()["hits"], r.text
     finally:
         _stop(proc)
+
+
+def test_cli_index_resumes(tmp_path: Path, model_cache: Path, exported_minilm: Path, corpus: Path) -> None:
+    """`dowse index` twice: the second run skips every stored id; a bad record is reported, not fatal."""
+    bad = tmp_path / "with_bad.jsonl"
+    lines = corpus.read_text().splitlines()[:12]
+    bad.write_text("\n".join([*lines, '{"_id": "x", "text": ""}', "not json"]) + "\n")
+    env = {**os.environ, "DOWSE_MODEL_CACHE": str(model_cache), "COLUMNS": "200"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "index",
+        str(bad),
+        "-c",
+        "sci",
+        "--data-dir",
+        str(tmp_path / "d"),
+    ]
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert first.returncode == 1, first.stdout + first.stderr  # 2 bad records -> non-zero exit
+    assert "12 documents (12 new)" in first.stdout, first.stdout
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert "12 documents (0 new)" in second.stdout, second.stdout
+    row = next(line for line in second.stdout.splitlines() if line.count("│") >= 5)
+    assert [c.strip() for c in row.split("│")[1:4]] == ["0", "12", "2"], row

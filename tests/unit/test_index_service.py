@@ -413,3 +413,23 @@ async def test_csv_and_parquet_ingest(tmp_path: Path) -> None:
     assert (await svc.get_documents("c", ["d4"]))[0]["metadata"] == {"lang": "en"}
     assert (await svc.search_lexical("c", "parquet row", 10))[0].id.startswith("p")
     await svc.close()
+
+
+async def test_hnsw_selector_starvation_falls_back_to_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Force the FAISS-selector path on HNSW with a very selective filter: results must still be complete."""
+    import indexer.collection
+
+    monkeypatch.setattr(indexer.collection, "EXACT_SUBSET_MAX", 2)
+    svc = await make_service(tmp_path)
+    await svc.create_collection("c", model="fake", index={"type": "hnsw", "M": 8, "ef_search": 8})
+    docs = make_docs(800)
+    await svc.upsert("c", docs)
+    fake = svc.embedder
+    assert isinstance(fake, FakeEmbedder)
+    flt = {"i": {"in": [3, 400, 799, 512, 77, 123]}}
+    hits = await svc.search_dense("c", fake.encode(["heart drug"])[0], 6, flt)
+    assert sorted(h.id for h in hits) == sorted(f"d{i}" for i in (3, 400, 799, 512, 77, 123))
+    assert hits == sorted(hits, key=lambda h: -h.score)
+    await svc.close()

@@ -1,0 +1,163 @@
+"""CacheService against the real Redis (db 15): storage, sync between replicas, isolation, feedback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.cache.feedback import FeedbackAlreadyGiven, UnknownLookup
+from gateway.cache.service import CacheConfig, CacheService
+from tests.integration.cache_helpers import HashEmbedder
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+async def clean_redis(redis_url: str) -> AsyncIterator[str]:
+    r = aioredis.Redis.from_url(redis_url)
+    await r.flushdb()
+    yield redis_url
+    await r.flushdb()
+    await r.aclose()
+
+
+async def _service(url: str, **cfg: object) -> CacheService:
+    svc = CacheService(url, HashEmbedder(), CacheConfig(op_timeout_s=1.0, **cfg), seed=0)  # type: ignore[arg-type]
+    await svc.start()
+    return svc
+
+
+async def _eventually(check, timeout: float = 3.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_store_lookup_and_isolation(clean_redis: str) -> None:
+    svc = await _service(clean_redis)
+    try:
+        assert (await svc.lookup("ns1", "paris")).decision == "miss"
+        st = await svc.store("ns1", "paris", "capital of France", scope={"model": "m1"})
+        assert st.stored and st.entry_id
+        hit = await svc.lookup("ns1", "paris#1", scope={"model": "m1"}, policy="static", threshold=0.9)
+        assert hit.hit and hit.response == "capital of France" and hit.entry_id == st.entry_id
+        # other scope, no scope, other namespace: never see the entry
+        for ns, scope in (("ns1", {"model": "m2"}), ("ns1", None), ("ns2", {"model": "m1"})):
+            res = await svc.lookup(ns, "paris", scope=scope, policy="static", threshold=0.0)
+            assert not res.hit and res.entry_id is None
+        stats = await svc.stats("ns1")
+        assert stats["entries"] == 1 and stats["lookups"] == 4 and stats["exploit"] == 1
+    finally:
+        await svc.close()
+
+
+async def test_adaptive_explores_new_entries_then_learns(clean_redis: str) -> None:
+    svc = await _service(clean_redis, min_obs=3, use_prior=False)
+    try:
+        await svc.store("ns", "q", "A")
+        first = await svc.lookup("ns", "q#1", max_error=0.05)
+        assert first.decision == "explore" and first.exploit_probability == 0.0
+        fb = await svc.feedback(first.lookup_id, "A")
+        assert fb.correct is True and fb.stored_entry_id is None and fb.observations == 1
+        with pytest.raises(FeedbackAlreadyGiven):
+            await svc.feedback(first.lookup_id, "A")
+        with pytest.raises(UnknownLookup):
+            await svc.feedback("0" * 32, "A")
+        decisions, probs = [], []
+        for i in range(2, 40):
+            res = await svc.lookup("ns", f"q#{i}", max_error=0.05)
+            decisions.append(res.decision)
+            probs.append(res.exploit_probability or 0.0)
+            if res.decision != "exploit":
+                await svc.feedback(res.lookup_id, "A")
+        # agreeing observations near s=0.99 raise the exploit probability above delta, step by step
+        # (only agreeing labels leave the threshold loosely pinned: it stays well below 1)
+        assert probs[0] == 0.0 and probs[-1] > 0.1 and probs[-1] > probs[5] > 0.05
+        assert "exploit" in decisions
+        entry = svc.mirror.get("ns", next(iter(svc.mirror.entries))[1])
+        assert entry is not None and entry.fit is not None and entry.n_obs >= 3
+        # a wrong answer is recorded and stored as its own entry
+        res = await svc.lookup("ns", "q#99", policy="static", threshold=0.5)
+        fb = await svc.feedback(res.lookup_id, "B")
+        assert fb.correct is False and fb.stored_entry_id is not None
+        assert (await svc.stats("ns"))["entries"] == 2
+    finally:
+        await svc.close()
+
+
+async def test_two_replicas_see_each_others_writes(clean_redis: str) -> None:
+    a, b = await _service(clean_redis), await _service(clean_redis)
+    try:
+        st = await a.store("shared", "tokyo", "Japan")
+
+        async def b_hits() -> bool:
+            return (await b.lookup("shared", "tokyo#1", policy="static", threshold=0.9)).hit
+
+        await _eventually(b_hits)
+        # feedback given through b updates the fit that a uses
+        res = await b.lookup("shared", "tokyo#2", max_error=0.05)
+        await b.feedback(res.lookup_id, "Japan")
+
+        async def a_has_obs() -> bool:
+            e = a.mirror.get("shared", st.entry_id or "")
+            return e is not None and e.n_obs == 1
+
+        await _eventually(a_has_obs)
+        assert await b.delete_entry("shared", st.entry_id or "")
+
+        async def a_forgot() -> bool:
+            return a.mirror.get("shared", st.entry_id or "") is None
+
+        await _eventually(a_forgot)
+        await a.store("shared", "lima", "Peru")
+        assert await b.delete_namespace("shared") >= 1
+
+        async def a_empty() -> bool:
+            return a.mirror.count("shared") == 0
+
+        await _eventually(a_empty)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_restart_rebuilds_mirror_from_redis(clean_redis: str) -> None:
+    svc = await _service(clean_redis)
+    ids = [(await svc.store("keep", f"prompt-{i}", f"r{i}")).entry_id for i in range(20)]
+    await svc.close()
+    again = await _service(clean_redis)
+    try:
+        assert again.mirror.count("keep") == 20
+        res = await again.lookup("keep", "prompt-7#x", policy="static", threshold=0.9)
+        assert res.hit and res.entry_id == ids[7] and res.response == "r7"
+    finally:
+        await again.close()
+
+
+async def test_cap_evicts_oldest_and_ttl_expires(clean_redis: str) -> None:
+    svc = await _service(clean_redis, max_entries=3)
+    try:
+        ids = [(await svc.store("cap", f"p{i}", f"r{i}")).entry_id for i in range(5)]
+        stats = await svc.stats("cap")
+        assert stats["entries"] == 3 and stats["evictions"] == 2
+        assert svc.mirror.get("cap", ids[0] or "") is None and svc.mirror.get("cap", ids[4] or "") is not None
+        await svc.store("ttl", "short", "lived", ttl_s=1)
+        assert (await svc.lookup("ttl", "short", policy="static", threshold=0.9)).hit
+        await asyncio.sleep(1.2)
+        assert not (await svc.lookup("ttl", "short", policy="static", threshold=0.9)).hit
+    finally:
+        await svc.close()
+
+
+async def test_feedback_by_entry_id_and_prompt(clean_redis: str) -> None:
+    svc = await _service(clean_redis)
+    try:
+        st = await svc.store("fe", "rome", "Italy")
+        fb = await svc.feedback_entry("fe", st.entry_id or "", "rome#3", "italy.")
+        assert fb.correct is True and fb.observations == 1
+    finally:
+        await svc.close()
