@@ -44,6 +44,8 @@ CACHE = REPO / ".cache"
 RESULTS = REPO / "bench" / "results"
 BATCHES = (1, 8, 32, 128)
 SPEED_TEXTS = {"queries": {1: 32, 8: 64, 32: 128, 128: 128}, "docs": {1: 8, 8: 16, 32: 32, 128: 128}}
+# --quick (a busy shared machine): fewer texts per measurement and no 128-document batches
+QUICK_TEXTS = {"queries": {1: 8, 8: 16, 32: 32, 128: 128}, "docs": {1: 2, 8: 8, 32: 32}}
 
 
 # -- data -------------------------------------------------------------------------------------------------
@@ -65,7 +67,7 @@ def summary(xs: list[float]) -> dict[str, float]:
 
 
 # -- speed ------------------------------------------------------------------------------------------------
-def part_speed(rounds: int, cache: Path) -> dict[str, Any]:
+def part_speed(rounds: int, cache: Path, sizes: dict[str, dict[int, int]] = SPEED_TEXTS) -> dict[str, Any]:
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -95,9 +97,9 @@ def part_speed(rounds: int, cache: Path) -> dict[str, Any]:
         run_backend(name, q_texts[:8], 8)
     for r in range(rounds):
         for kind, texts in (("queries", q_texts), ("docs", d_texts)):
-            for batch in BATCHES:
+            for batch in sizes[kind]:
                 # a rate needs only a few batches: long documents at small batches get a subset
-                subset = texts[: SPEED_TEXTS[kind][batch]]
+                subset = texts[: sizes[kind][batch]]
                 order = backends[:]
                 rng.shuffle(order)
                 for name in order:
@@ -107,7 +109,7 @@ def part_speed(rounds: int, cache: Path) -> dict[str, Any]:
     ratios = {}
     for kind in ("queries", "docs"):
         for name in ("fp32", "int8"):
-            for batch in BATCHES:
+            for batch in sizes[kind]:
                 per_round = [
                     a / b
                     for a, b in zip(
@@ -126,7 +128,7 @@ def part_speed(rounds: int, cache: Path) -> dict[str, Any]:
             "int8_batch32_queries_throughput_vs_torch": ratios["queries|32|int8/torch"]["median"],
             "int8_batch32_throughput_target": ">= 1.2",
         },
-        "texts_per_measurement": SPEED_TEXTS,
+        "texts_per_measurement": sizes,
     }
 
 
@@ -273,7 +275,7 @@ def _cut(v: np.ndarray, d: int) -> np.ndarray:
     return l2_normalize(v[:, :d])
 
 
-def part_quality(cache: Path) -> dict[str, Any]:
+def part_quality(cache: Path, quick: bool = False) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer
 
     queries, corpus, qrels = load_scifact()
@@ -300,6 +302,8 @@ def part_quality(cache: Path) -> dict[str, Any]:
     # dense-only nDCG@10, fp32 vs int8, then Matryoshka-style dims (int8 = what serves)
     dims_res: dict[str, dict[str, float]] = {}
     for p, m in models.items():
+        if quick:  # embedding the 5,183-document corpus twice is the expensive part
+            break
         dvecs = _corpus_vectors(m, ids, corpus, f"minilm-{p}")
         qvecs = run_sorted(m.run, m.tokenize([qtext[q] for q in qids]), 64, 1 << 30)
         out.setdefault("ndcg10", {})[p] = _ndcg(qvecs, dvecs, qids, ids, qrels)
@@ -312,8 +316,9 @@ def part_quality(cache: Path) -> dict[str, Any]:
                     "raw": _ndcg(_cut(qvecs, d), _cut(dvecs, d), qids, ids, qrels),
                     "pca_rotated": _ndcg(_cut(qvecs @ rot, d), _cut(dvecs @ rot, d), qids, ids, qrels),
                 }
-    out["ndcg10_int8_rel_change"] = out["ndcg10"]["int8"] / out["ndcg10"]["fp32"] - 1
-    out["dims_ndcg10_int8"] = dims_res
+    if not quick:
+        out["ndcg10_int8_rel_change"] = out["ndcg10"]["int8"] / out["ndcg10"]["fp32"] - 1
+        out["dims_ndcg10_int8"] = dims_res
 
     # cross-encoder sanity: each judged relevant pair vs a random non-relevant document
     ce = OnnxModel(ensure_exported("ms-marco-l12", cache), "int8", device="cpu")
@@ -321,7 +326,7 @@ def part_quality(cache: Path) -> dict[str, Any]:
     wins_q = 0
     pairs = 0
     pair_wins = 0
-    for qid in qids:
+    for qid in qids[:100] if quick else qids:
         rel = [d for d, s in qrels[qid].items() if s > 0]
         neg = rng.choice([d for d in rng.sample(ids, 5) if d not in qrels[qid]])
         s = ce.run(ce.tokenize_pairs(qtext[qid], [corpus[d] for d in rel] + [corpus[neg]]))
@@ -330,8 +335,8 @@ def part_quality(cache: Path) -> dict[str, Any]:
         pair_wins += sum(ok)
         wins_q += int(all(ok))
     out["cross_encoder_sanity"] = {
-        "queries": len(qids),
-        "queries_all_relevant_above_random": wins_q / len(qids),
+        "queries": min(len(qids), 100) if quick else len(qids),
+        "queries_all_relevant_above_random": wins_q / (min(len(qids), 100) if quick else len(qids)),
         "pairs_above_random": pair_wins / pairs,
         "target": ">= 0.95 of queries",
     }
@@ -353,6 +358,8 @@ def render(results: dict[str, Any]) -> str:
         lines += ["|---|---|---|---|---|---|"]
         for kind in ("queries", "docs"):
             for b in BATCHES:
+                if f"{kind}|{b}|torch" not in sp["sentences_per_s"]:
+                    continue
                 cells = []
                 for name in ("torch", "fp32", "int8"):
                     s = sp["sentences_per_s"][f"{kind}|{b}|{name}"]
@@ -399,22 +406,29 @@ def render(results: dict[str, Any]) -> str:
             "",
             f"- min cosine vs sentence-transformers torch on 500 texts: fp32 {c['fp32']['min_cos']:.6f}, "
             f"int8 {c['int8']['min_cos']:.4f}",
-            f"- dense-only nDCG@10: fp32 {q['ndcg10']['fp32']:.4f}, int8 {q['ndcg10']['int8']:.4f} "
-            f"({100 * q['ndcg10_int8_rel_change']:+.2f}%)",
             f"- cross-encoder: relevant above random non-relevant for "
             f"{100 * q['cross_encoder_sanity']['queries_all_relevant_above_random']:.1f}% of "
             f"{q['cross_encoder_sanity']['queries']} queries",
-            "",
-            "| dims | nDCG@10 raw truncation | after PCA rotation (fit on the corpus) |",
-            "|---|---|---|",
         ]
-        for d, v in q["dims_ndcg10_int8"].items():
-            lines.append(f"| {d} | {v['raw']:.4f} | {v['pca_rotated']:.4f} |")
+        if "ndcg10" in q:
+            lines += [
+                f"- dense-only nDCG@10: fp32 {q['ndcg10']['fp32']:.4f}, int8 {q['ndcg10']['int8']:.4f} "
+                f"({100 * q['ndcg10_int8_rel_change']:+.2f}%)",
+                "",
+                "| dims | nDCG@10 raw truncation | after PCA rotation (fit on the corpus) |",
+                "|---|---|---|",
+            ]
+            for d, v in q["dims_ndcg10_int8"].items():
+                lines.append(f"| {d} | {v['raw']:.4f} | {v['pca_rotated']:.4f} |")
+        else:
+            lines.append(
+                "- nDCG@10 / dims table: not run (`--quick`); run `python bench/embed.py --part quality`"
+            )
         lines.append("")
     inv = results.get("invariance")
     if inv:
         lines += [
-            "## Batch invariance (32 texts alone vs in mixed batches)",
+            "## Batch invariance (SciFact queries + documents alone vs inside mixed batches of 8)",
             "",
             "| graph | min cosine |",
             "|---|---|",
@@ -425,7 +439,7 @@ def render(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any]) -> None:
     q = results.get("quality")
-    if not q:
+    if not q or "dims_ndcg10_int8" not in q:
         return
     import matplotlib
 
@@ -444,10 +458,10 @@ def plot(results: dict[str, Any]) -> None:
     fig.savefig(RESULTS / "embed_dims.png", dpi=120)
 
 
-def part_invariance(cache: Path) -> dict[str, float]:
+def part_invariance(cache: Path, half: int = 16) -> dict[str, float]:
     queries, corpus, _ = load_scifact()
     rng = random.Random(9)
-    texts = [q["text"] for q in queries[:16]] + list(corpus.values())[:16]
+    texts = [q["text"] for q in queries[:half]] + list(corpus.values())[:half]
     others = [q["text"] for q in queries[16:80]] + list(corpus.values())[16:80]
     out = {}
     for name in ("minilm", "bge-small"):
@@ -469,6 +483,7 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cache", type=Path, default=CACHE / "models")
+    ap.add_argument("--quick", action="store_true", help="smaller speed/http workloads for a busy machine")
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "embed.json"
@@ -479,15 +494,15 @@ def main() -> None:
     for part in parts:
         t0 = time.perf_counter()
         if part == "speed":
-            results["speed"] = part_speed(args.rounds, args.cache)
+            results["speed"] = part_speed(args.rounds, args.cache, QUICK_TEXTS if args.quick else SPEED_TEXTS)
         elif part == "rerank":
             results["rerank"] = part_rerank(args.rounds, args.cache)
         elif part == "http":
-            results["http"] = part_http(args.rounds, args.cache)
+            results["http"] = part_http(args.rounds, args.cache, per_client=8 if args.quick else 20)
         elif part == "quality":
-            results["quality"] = part_quality(args.cache)
+            results["quality"] = part_quality(args.cache, args.quick)
         else:
-            results["invariance"] = part_invariance(args.cache)
+            results["invariance"] = part_invariance(args.cache, 8 if args.quick else 16)
         seconds = time.perf_counter() - t0
         completed.append(part)
         done = {k: results[k] for k in completed}
@@ -495,7 +510,7 @@ def main() -> None:
         results.update(done)
         results["machine"] = f"{os.cpu_count()} CPUs, {sys.platform}"
         results.setdefault("seconds", {})[part] = seconds
-        results["command"] = "python bench/embed.py" + (f" --part {args.part}" if args.part != "all" else "")
+        results["command"] = " ".join(["python", "bench/embed.py", *sys.argv[1:]])
         path.write_text(json.dumps(results, indent=2))
         (RESULTS / "embed.md").write_text(render(results))
         plot(results)

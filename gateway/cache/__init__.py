@@ -1,0 +1,1 @@
+"""Semantic prompt cache: Redis store, in-process mirror, verified adaptive thresholds."""

@@ -131,7 +131,9 @@ class CacheService:
         self.fast: Any = _client(redis_url, self.config.op_timeout_s)
         self.main: Any = _client(redis_url, self.config.write_timeout_s)
         self.sync = MirrorSync(redis_url, self.keys, self.config.exact_max, self.config.ef_search)
-        self.sync.clients = [self.fast, self.main]
+        self.redis_url = redis_url
+        self.sync.on_reconnect = self._fresh_clients
+        self._retired: set[asyncio.Task[None]] = set()
         self.local: dict[str, int] = {"degraded_lookups": 0, "dropped_stores": 0, "redis_errors": 0}
         self.started = False
 
@@ -153,6 +155,21 @@ class CacheService:
             with contextlib.suppress(*_REDIS_ERRORS):
                 await asyncio.wait_for(client.ping(), 1.0)
         self.started = True
+
+    def _fresh_clients(self) -> None:
+        """After an outage: new clients (a pool whose sockets died with the server can stall a command)."""
+        old = (self.fast, self.main)
+        self.fast = _client(self.redis_url, self.config.op_timeout_s)
+        self.main = _client(self.redis_url, self.config.write_timeout_s)
+        for client in old:
+            task = asyncio.get_running_loop().create_task(self._retire(client))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    @staticmethod
+    async def _retire(client: Any) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.aclose(), 5.0)
 
     async def close(self) -> None:
         """Stop background tasks and close connections."""

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,7 @@ class MirrorSync:
         self._health: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._suspect = False
-        self.clients: list[Any] = []  # the service's other clients, whose pools are reset on reconnect
+        self.on_reconnect: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -153,9 +154,10 @@ class MirrorSync:
                 await r.zrem(k.ids(ns), *gone)
         self.mirror = fresh
         self.last_id = start_id
-        for client in self.clients:  # drop pooled connections that died with the old server
-            with contextlib.suppress(Exception):
-                await client.connection_pool.disconnect()
+        if (
+            self.on_reconnect is not None
+        ):  # the service swaps in fresh clients (old pools died with the server)
+            self.on_reconnect()
         self.rebuilds += 1
         self.ok = True
         self._tail = asyncio.create_task(self._tail_loop(), name="cache-stream-tail")
