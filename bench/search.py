@@ -108,7 +108,9 @@ def rebuild_cross_encoder(model_dir: Path, max_length: int) -> Any:
     tmp = REPO / ".cache" / "bench-ce-torch"
     model.save_pretrained(tmp)
     BertTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json")).save_pretrained(tmp)
-    return CrossEncoder(str(tmp), max_length=max_length, device="cpu"), len(state)
+    # raw logits (identity activation), like Dowse's reranker, so scores compare directly
+    ce = CrossEncoder(str(tmp), max_length=max_length, device="cpu", activation_fn=torch.nn.Identity())
+    return ce, len(state)
 
 
 class Peer:
@@ -252,8 +254,8 @@ async def main() -> None:
         return run, len(qs) / (time.perf_counter() - t0)
 
     # warm-up both
-    await dowse(qids[:3], True)
-    peer_run(qids[:3], True)
+    await dowse(qids[:1], True)
+    peer_run(qids[:1], True)
     qps: dict[str, list[float]] = {k: [] for k in ("dowse", "peer", "dowse+rerank", "peer+rerank")}
     overhead: dict[str, list[float]] = {"hybrid": [], "hybrid+rerank": []}
     runs: dict[str, dict[str, list[str]]] = {}
