@@ -189,6 +189,7 @@ async def main() -> None:
     ap.add_argument("--rerank-top-n", type=int, default=20)
     ap.add_argument("--data-dir", type=Path, default=REPO / ".cache" / "eval-data")
     ap.add_argument("--model-cache", type=Path, default=REPO / ".cache" / "models")
+    ap.add_argument("--peer-embed-corpus", action="store_true", help="peer embeds the corpus with ST")
     ap.add_argument(
         "--doc-vectors", type=Path, default=REPO / ".cache" / "index-bench" / "scifact_minilm_st_docs.npy"
     )

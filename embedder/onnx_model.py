@@ -56,6 +56,8 @@ class OnnxModel:
         precision: str = "int8",
         device: str = "auto",
         intra_op_threads: int = 0,
+        allow_spinning: bool = False,
+        max_length: int | None = None,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -75,6 +77,10 @@ class OnnxModel:
         self.normalize: bool = bool(self.manifest["normalize"])
         self.dim: int = int(self.manifest["dim"])
         self.max_length: int = int(self.manifest["max_length"])
+        if max_length is not None:  # serve-time cap (e.g. the cross-encoder's 256-token default)
+            if max_length < 8:
+                raise InvalidInput("max_length must be >= 8", field="max_length", limit=8)
+            self.max_length = min(self.max_length, max_length)
         self.prompts: dict[str, str] = dict(self.manifest.get("prompts") or {})
         self.revision: str = self.manifest["source_hash"]
 
@@ -90,6 +96,8 @@ class OnnxModel:
         if intra_op_threads > 0:
             opts.intra_op_num_threads = intra_op_threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not allow_spinning:  # idle ORT threads would busy-wait on cores the event loop needs
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = available_providers(device)
         self.session = ort.InferenceSession(str(self.dir / self.file), opts, providers=self.providers)
         self.input_names = [i.name for i in self.session.get_inputs()]

@@ -42,6 +42,7 @@ class EmbeddingService:
         max_queue: int = 1024,
         max_client_batch: int = 256,
         auto_export: bool = True,
+        rerank_max_length: int | None = 256,
     ) -> None:
         if precision not in PRECISIONS:
             raise InvalidInput(f"unknown precision {precision!r}", field="precision", limit=list(PRECISIONS))
@@ -62,6 +63,9 @@ class EmbeddingService:
         self.max_queue = max_queue
         self.max_client_batch = max_client_batch
         self.auto_export = auto_export
+        # Cross-encoder pairs are truncated (longest first) at this many tokens: 256 keeps MS MARCO-style
+        # passages whole while halving the cost of 512 on long abstracts. None = the model's own maximum.
+        self.rerank_max_length = rerank_max_length
         self._models: dict[str, OnnxModel] = {}
         self._batchers: dict[str, DynamicBatcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dowse-embed")
@@ -86,7 +90,10 @@ class EmbeddingService:
                         f"run `dowse models export {name}`",
                         field="model",
                     )
-            self._models[name] = OnnxModel(model_dir, self.precision, self.device, self.intra_op_threads)
+            cap = self.rerank_max_length if resolve(name).kind == "cross-encoder" else None
+            self._models[name] = OnnxModel(
+                model_dir, self.precision, self.device, self.intra_op_threads, max_length=cap
+            )
         log.info("embedder models %s loaded in %.1f s", self.model_names, time.perf_counter() - t0)
 
     def start_blocking(self) -> None:

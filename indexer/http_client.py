@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -65,7 +66,7 @@ class HttpIndexerClient:
 
     async def collection_info(self, name: str) -> dict[str, Any]:
         """The collection manifest + stats."""
-        out: dict[str, Any] = await self._call("GET", f"/v1/collections/{name}")
+        out: dict[str, Any] = await self._call("GET", f"/v1/collections/{_q(name)}")
         return out
 
     async def search_dense(
@@ -74,24 +75,29 @@ class HttpIndexerClient:
         """Top-k documents by vector similarity (vector sent as base64 float32)."""
         vec = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(-1))
         body = {"vector_b64": base64.b64encode(vec.tobytes()).decode(), "k": k, "filters": filters}
-        return _hits(await self._call("POST", f"/v1/collections/{name}/search/dense", body))
+        return _hits(await self._call("POST", f"/v1/collections/{_q(name)}/search/dense", body))
 
     async def search_lexical(
         self, name: str, query: str, k: int, filters: dict[str, Any] | None = None
     ) -> list[Hit]:
         """Top-k documents by BM25."""
         body = {"query": query, "k": k, "filters": filters}
-        return _hits(await self._call("POST", f"/v1/collections/{name}/search/lexical", body))
+        return _hits(await self._call("POST", f"/v1/collections/{_q(name)}/search/lexical", body))
 
     async def get_documents(self, name: str, ids: list[str]) -> list[dict[str, Any]]:
         """Stored documents in ``ids`` order."""
-        out = await self._call("POST", f"/v1/collections/{name}/documents/get", {"ids": ids})
+        out = await self._call("POST", f"/v1/collections/{_q(name)}/documents/get", {"ids": ids})
         docs: list[dict[str, Any]] = out["documents"]
         return docs
 
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
+
+
+def _q(name: str) -> str:
+    """Collection name as one URL path segment."""
+    return quote(name, safe="")
 
 
 def _hits(body: dict[str, Any]) -> list[Hit]:

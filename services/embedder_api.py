@@ -286,6 +286,7 @@ async def start(app: FastAPI, settings: Any) -> None:
         max_queue=settings.max_queue,
         max_client_batch=settings.max_client_batch,
         auto_export=settings.auto_export,
+        rerank_max_length=settings.rerank_max_length,
     )
     app.state.embedding_service = svc
     app.state.embedder_client = InProcessEmbedderClient(svc)

@@ -53,7 +53,10 @@ def error_body(type_: str, message: str, field: str | None = None, limit: Any = 
 
 
 def _loc_to_field(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    loc = list(loc)
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]  # the request part, not a field (a body field may itself be called "query")
+    parts = [str(p) for p in loc]
     return ".".join(parts) or "body"
 
 

@@ -43,6 +43,7 @@ class EmbedderSettings(CommonSettings):
     max_queue: int = 1024
     max_client_batch: int = 256
     auto_export: bool = True
+    rerank_max_length: int = 256
 
 
 class IndexerSettings(CommonSettings):

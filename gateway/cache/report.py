@@ -105,6 +105,9 @@ async def _gptcache(opts: EvalOptions) -> dict[str, Any]:
             )
     finally:
         await svc.delete_namespace("gpt")
+        leftovers = [k async for k in svc.main.scan_iter(match=f"{cfg.prefix}:*", count=1000)]
+        if leftovers:  # pending lookup records and the stream of the throw-away prefix
+            await svc.main.unlink(*leftovers)
         await svc.close()
     return {"pairs": len(origins), "rows": rows}
 
