@@ -151,4 +151,6 @@ async def test_rerank_orders_relevant_first(embedding_service: EmbeddingService,
     assert err.value.field == "query"
     with pytest.raises(TooLarge) as err2:
         await client.rerank("q", ["word " * 600], truncate=False)
-    assert err2.value.field == "documents" and err2.value.limit == 512
+    # pairs are capped at the serve-time default of 256 tokens (the model itself allows 512)
+    assert info["max_length"] == 256
+    assert err2.value.field == "documents" and err2.value.limit == 256

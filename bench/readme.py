@@ -1,0 +1,55 @@
+"""Rewrite the README's "Benchmarks" section from the latest bench/results/*.md tables.
+
+Run after any benchmark: ``.venv/bin/python bench/readme.py``. Each table keeps the command that made it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK = "## Benchmarks (latest results)"
+SECTIONS = [
+    ("Embedder", "embed.md", "python bench/embed.py [--part speed|rerank|http|quality|invariance]"),
+    ("Indexer", "index.md", "python bench/index.py --part bm25|quality|ingest|ann"),
+    (
+        "Search quality: `dowse eval` on SciFact",
+        "eval_scifact.md",
+        "dowse eval --dataset ../shared/data/scifact",
+    ),
+    (
+        "Search rerank subset (60 queries)",
+        "eval_scifact_rerank_subset.md",
+        "dowse eval --dataset ../shared/data/scifact --max-queries 60 --rerank-top-n 10 --config ...",
+    ),
+    ("Search vs peer pipeline", "search.md", "python bench/search.py --rounds 5"),
+    ("Semantic cache workloads", "cache_eval.md", "dowse cache-eval (python bench/cache.py --part eval)"),
+    ("Semantic cache lookup latency", "cache_latency.md", "python bench/cache.py"),
+]
+
+
+def main() -> None:
+    """Replace everything from the benchmarks heading to the end of README.md."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    head = text.split(MARK)[0].rstrip() + "\n\n"
+    out = [
+        MARK,
+        "",
+        "Measured on this project's 2-core CI-class machine; ratios come from interleaved rounds in",
+        "",
+    ]
+    out[-1:] = ["one run (see each file under `bench/results/` for JSON, spread and plots).", ""]
+    for title, name, cmd in SECTIONS:
+        path = ROOT / "bench" / "results" / name
+        if not path.exists():
+            continue
+        body = path.read_text().strip()
+        lines = [ln for ln in body.splitlines() if not ln.startswith("# ")]  # the file's own title
+        body = "\n".join(("##" + ln) if ln.startswith("#") else ln for ln in lines)
+        out += [f"### {title}", "", f"Command: `{cmd}`", "", body, ""]
+    readme.write_text(head + "\n".join(out).rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    main()
