@@ -24,7 +24,12 @@ SECTIONS = [
     ),
     ("Search vs peer pipeline", "search.md", "python bench/search.py --rounds 5"),
     ("Semantic cache workloads", "cache_eval.md", "dowse cache-eval (python bench/cache.py --part eval)"),
-    ("Semantic cache lookup latency", "cache_latency.md", "python bench/cache.py"),
+    ("Semantic cache lookup latency (idle)", "cache_latency.md", "python bench/cache.py --no-gptcache"),
+    (
+        "Semantic cache lookup latency vs GPTCache (loaded machine)",
+        "cache_latency_gptcache.md",
+        "python bench/cache.py",
+    ),
 ]
 
 
