@@ -9,8 +9,7 @@ COPY gateway gateway
 COPY services services
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir '.[export]' \
- && dowse models export minilm && dowse models export bge-small && dowse models export ms-marco-l12 \
-    --model-cache /models
+ && dowse models export minilm bge-small ms-marco-l12 --cache-dir /models
 
 FROM python:3.11-slim
 WORKDIR /app
