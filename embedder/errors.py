@@ -1,8 +1,10 @@
 """Typed errors shared by the core packages.
 
 The core packages (embedder, indexer, gateway) raise only subclasses of :class:`DowseError`.
-``services.errors`` maps each *category* below to exactly one HTTP status; packages subclass the
-category that fits (e.g. ``class UnknownModel(InvalidInput)``) and never pick a status themselves.
+Each *category* below has exactly one HTTP status, in :data:`HTTP_STATUS`: ``services.errors`` serves
+it, and the core HTTP clients read it backwards to turn another service's error JSON into the same
+category. Packages subclass the category that fits (e.g. ``class UnknownModel(InvalidInput)``) and never
+pick a status themselves.
 """
 
 from __future__ import annotations
@@ -71,3 +73,28 @@ class DependencyFailed(DowseError):
     """A downstream service (embedder, indexer, Redis) failed or timed out (HTTP 424)."""
 
     type = "dependency_failed"
+
+
+#: The one table: category -> HTTP status.
+HTTP_STATUS: dict[type[DowseError], int] = {
+    InvalidInput: 422,
+    TooLarge: 413,
+    NotFound: 404,
+    Conflict: 409,
+    Overloaded: 429,
+    NotReady: 503,
+    DependencyFailed: 424,
+}
+_BY_STATUS: dict[int, type[DowseError]] = {status: cls for cls, status in HTTP_STATUS.items()}
+_BY_STATUS[400] = InvalidInput  # malformed JSON
+_BY_TYPE: dict[str, type[DowseError]] = {cls.type: cls for cls in HTTP_STATUS}
+
+
+def category_for_status(status: int) -> type[DowseError] | None:
+    """The category a Dowse service meant by answering ``status`` (None for codes outside the table)."""
+    return _BY_STATUS.get(status)
+
+
+def category_for_type(type_: str) -> type[DowseError] | None:
+    """The category named by an error body's ``type`` (None for subclass-specific or unknown types)."""
+    return _BY_TYPE.get(type_)

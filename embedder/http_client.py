@@ -16,32 +16,15 @@ import numpy as np
 
 from embedder.client import EmbedResult
 from embedder.errors import (
-    Conflict,
     DependencyFailed,
     DowseError,
     InvalidInput,
-    NotFound,
-    NotReady,
-    Overloaded,
-    TooLarge,
+    category_for_status,
+    category_for_type,
 )
 from embedder.registry import UnknownModel, canonical_name
 
 log = logging.getLogger(__name__)
-
-_BY_TYPE: dict[str, type[DowseError]] = {
-    cls.type: cls
-    for cls in (InvalidInput, TooLarge, NotFound, Conflict, Overloaded, NotReady, DependencyFailed)
-}
-_BY_STATUS: dict[int, type[DowseError]] = {
-    400: InvalidInput,
-    404: NotFound,
-    409: Conflict,
-    413: TooLarge,
-    422: InvalidInput,
-    424: DependencyFailed,
-    429: Overloaded,
-}
 
 
 def error_from_response(resp: httpx.Response) -> DowseError:
@@ -54,7 +37,7 @@ def error_from_response(resp: httpx.Response) -> DowseError:
     field, limit = err.get("field"), err.get("limit")
     if resp.status_code >= 500:
         return DependencyFailed(f"embedder failed (HTTP {resp.status_code}): {message}", field="embedder")
-    cls = _BY_TYPE.get(str(err.get("type"))) or _BY_STATUS.get(resp.status_code, InvalidInput)
+    cls = category_for_type(str(err.get("type"))) or category_for_status(resp.status_code) or InvalidInput
     return cls(message, field=field, limit=limit)
 
 

@@ -9,28 +9,8 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
-from embedder.errors import (
-    Conflict,
-    DependencyFailed,
-    DowseError,
-    InvalidInput,
-    NotFound,
-    NotReady,
-    Overloaded,
-    TooLarge,
-)
+from embedder.errors import DependencyFailed, category_for_status
 from indexer.client import Hit
-
-_BY_STATUS: dict[int, type[DowseError]] = {
-    400: InvalidInput,
-    404: NotFound,
-    409: Conflict,
-    413: TooLarge,
-    422: InvalidInput,
-    424: DependencyFailed,
-    429: Overloaded,
-    503: NotReady,
-}
 
 
 class HttpIndexerClient:
@@ -55,7 +35,7 @@ class HttpIndexerClient:
             err = resp.json().get("error", {})
         except ValueError:
             err = {}
-        cls = _BY_STATUS.get(resp.status_code)
+        cls = category_for_status(resp.status_code)
         if cls is None:  # 5xx and anything unexpected: the dependency failed
             raise DependencyFailed(f"indexer answered HTTP {resp.status_code}", field="indexer")
         raise cls(

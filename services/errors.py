@@ -10,28 +10,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from embedder.errors import (
-    Conflict,
-    DependencyFailed,
-    DowseError,
-    InvalidInput,
-    NotFound,
-    NotReady,
-    Overloaded,
-    TooLarge,
-)
+from embedder.errors import HTTP_STATUS, DowseError
 
 log = logging.getLogger(__name__)
 
-STATUS: dict[type[DowseError], int] = {
-    InvalidInput: 422,
-    TooLarge: 413,
-    NotFound: 404,
-    Conflict: 409,
-    Overloaded: 429,
-    NotReady: 503,
-    DependencyFailed: 424,
-}
+# The one category -> status table lives beside the categories, so the HTTP clients can read it back.
+STATUS = HTTP_STATUS
 
 
 def status_for(exc: DowseError) -> int:
