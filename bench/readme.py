@@ -17,11 +17,6 @@ SECTIONS = [
         "eval_scifact.md",
         "dowse eval --dataset ../shared/data/scifact",
     ),
-    (
-        "Search rerank subset (60 queries)",
-        "eval_scifact_rerank_subset.md",
-        "dowse eval --dataset ../shared/data/scifact --max-queries 60 --rerank-top-n 10 --config ...",
-    ),
     ("Search vs peer pipeline", "search.md", "python bench/search.py --rounds 5"),
     ("Semantic cache workloads", "cache_eval.md", "dowse cache-eval (python bench/cache.py --part eval)"),
     ("Semantic cache lookup latency (idle)", "cache_latency.md", "python bench/cache.py --no-gptcache"),

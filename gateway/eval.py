@@ -104,18 +104,36 @@ def folds(qids: Sequence[str], k: int = 5, seed: int = 0) -> list[list[str]]:
 
 
 def choose_by_cv(
-    per_query: dict[float, dict[str, float]], fold_ids: list[list[str]]
+    per_query: dict[float, dict[str, float]],
+    fold_ids: list[list[str]],
+    prefer: float | None = None,
 ) -> list[tuple[float, float]]:
-    """For each fold, the grid value with the best mean metric on the other folds (and that mean)."""
+    """For each fold, the grid value chosen on the other folds (and its mean metric there).
+
+    Without ``prefer`` the value with the best training mean wins. With ``prefer`` (the "do nothing"
+    value, e.g. rerank weight 0) the one-standard-error rule applies: among the values whose training
+    mean is within one standard error of the best (SE of the per-query paired difference to the best),
+    the one closest to ``prefer`` wins, so a gain that the training queries cannot tell from noise
+    does not move the default.
+    """
     chosen = []
     for i in range(len(fold_ids)):
         train = [q for j, f in enumerate(fold_ids) if j != i for q in f]
+        means = {val: statistics.fmean(per_query[val][q] for q in train) for val in sorted(per_query)}
         best_val, best_score = None, -1.0
-        for val in sorted(per_query):
-            score = statistics.fmean(per_query[val][q] for q in train)
+        for val, score in means.items():
             if score > best_score + 1e-12:
                 best_val, best_score = val, score
         assert best_val is not None
+        if prefer is not None and len(train) > 1:
+            admissible = []
+            for val, score in means.items():
+                diffs = [per_query[best_val][q] - per_query[val][q] for q in train]
+                se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+                if best_score - score <= se + 1e-12:
+                    admissible.append(val)
+            best_val = min(admissible, key=lambda v: (abs(v - prefer), v))
+            best_score = means[best_val]
         chosen.append((best_val, best_score))
     return chosen
 

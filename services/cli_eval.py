@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import platform
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -80,6 +79,7 @@ async def _run(
     from gateway.eval_runner import Evaluator, ensure_collections, eval_pipeline, models_needed
     from indexer.inprocess import InProcessIndexerClient
     from indexer.service import IndexerService
+    from services.machine import describe
 
     console = Console(width=170)
     data = load_beir(dataset)
@@ -126,7 +126,7 @@ async def _run(
             "precision": settings.precision,
             "metrics": "pytrec_eval (nDCG@10, Recall@100), MRR@10",
             "latency": "in-process pipeline, one query at a time, shared 2-core machine",
-            "machine": platform.platform(),
+            "machine": describe(),
             "ce_scores_computed": reranker.computed,
             "ce_scores_cached": reranker.hits,
             "seconds": round(time.perf_counter() - t0, 1),

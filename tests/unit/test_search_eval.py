@@ -52,6 +52,21 @@ def test_choose_by_cv_never_looks_at_the_held_out_fold() -> None:
     assert [s for _, s in chosen] == pytest.approx([0.9, 1.0])
 
 
+def test_choose_by_cv_one_se_rule_keeps_the_preferred_value_unless_the_gain_is_clear() -> None:
+    fold_ids = [["a", "b", "c", "d"], ["e", "f", "g", "h"]]
+    qs = "abcdefgh"
+    base = dict.fromkeys(qs, 0.5)
+    # weight 0.3: +0.2 on half the queries, -0.15 on the other half: a noisy +0.025 mean gain
+    noisy = {q: 0.5 + (0.2 if i % 2 else -0.15) for i, q in enumerate(qs)}
+    # weight 0.6: +0.1 on every query: a clear gain (zero variance of the paired difference)
+    clear = {q: 0.6 for q in qs}
+    assert [v for v, _ in choose_by_cv({0.0: base, 0.3: noisy}, fold_ids)] == [0.3, 0.3]
+    assert [v for v, _ in choose_by_cv({0.0: base, 0.3: noisy}, fold_ids, prefer=0.0)] == [0.0, 0.0]
+    chosen = choose_by_cv({0.0: base, 0.6: clear}, fold_ids, prefer=0.0)
+    assert [v for v, _ in chosen] == [0.6, 0.6]
+    assert [s for _, s in chosen] == pytest.approx([0.6, 0.6])
+
+
 def test_latency_stats() -> None:
     st = latency_stats([0.001 * i for i in range(1, 101)], wall_s=5.0)
     assert st["p50_ms"] == pytest.approx(50.0)
