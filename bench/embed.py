@@ -38,6 +38,7 @@ from embedder.batching import run_sorted  # noqa: E402
 from embedder.export import ensure_exported  # noqa: E402
 from embedder.onnx_model import OnnxModel, l2_normalize  # noqa: E402
 from embedder.registry import resolve  # noqa: E402
+from services.machine import describe  # noqa: E402
 
 DATA = Path(os.environ.get("DOWSE_SHARED_DATA", REPO.parent / "shared" / "data")) / "scifact"
 CACHE = REPO / ".cache"
@@ -490,7 +491,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "embed.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    results["machine"] = f"{os.cpu_count()} CPUs, {sys.platform}"
+    results["machine"] = describe()
     parts = ["speed", "rerank", "http", "invariance", "quality"] if args.part == "all" else [args.part]
     completed: list[str] = []
     for part in parts:
@@ -510,7 +511,7 @@ def main() -> None:
         done = {k: results[k] for k in completed}
         results = json.loads(path.read_text()) if path.is_file() else {}  # other parts may have run meanwhile
         results.update(done)
-        results["machine"] = f"{os.cpu_count()} CPUs, {sys.platform}"
+        results["machine"] = describe()
         results.setdefault("seconds", {})[part] = seconds
         results["command"] = " ".join(["python", "bench/embed.py", *sys.argv[1:]])
         path.write_text(json.dumps(results, indent=2))

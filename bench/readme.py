@@ -21,7 +21,7 @@ SECTIONS = [
     ("Semantic cache workloads", "cache_eval.md", "dowse cache-eval (python bench/cache.py --part eval)"),
     ("Semantic cache lookup latency (idle)", "cache_latency.md", "python bench/cache.py --no-gptcache"),
     (
-        "Semantic cache lookup latency vs GPTCache (loaded machine)",
+        "Semantic cache lookup latency vs GPTCache (idle)",
         "cache_latency_gptcache.md",
         "python bench/cache.py",
     ),

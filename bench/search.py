@@ -24,6 +24,7 @@ import asyncio
 import importlib.util
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,7 @@ class Peer:
         )
         self.ce = ce
 
-    def search(self, query: str, rerank_top_n: int = 0, k: int = 100) -> list[str]:
+    def search(self, query: str, rerank_top_n: int = 0, k: int = 100, top_k: int = 10) -> list[str]:
         import bm25s
 
         qv = self.st.encode([query], normalize_embeddings=True, convert_to_numpy=True)
@@ -154,7 +155,7 @@ class Peer:
             )
             head = [head[j] for j in np.argsort(-np.asarray(scores), kind="stable")]
             order = head + order[rerank_top_n:]
-        return [self.ids[i] for i in order[:k]]
+        return [self.ids[i] for i in order[:top_k]]
 
 
 def stored_vectors(db: Path, corpus: list[dict[str, str]]) -> np.ndarray:
@@ -187,6 +188,10 @@ async def main() -> None:
     ap.add_argument("--queries", type=int, default=60, help="queries per round without rerank")
     ap.add_argument("--rerank-queries", type=int, default=10, help="queries per round with rerank")
     ap.add_argument("--rerank-top-n", type=int, default=20)
+    ap.add_argument("--top-k", type=int, default=10, help="hits returned (both pipelines retrieve 100 each)")
+    ap.add_argument(
+        "--rerank-ndcg-queries", type=int, default=100, help="queries for the hybrid+rerank nDCG@10 pass"
+    )
     ap.add_argument("--data-dir", type=Path, default=REPO / ".cache" / "eval-data")
     ap.add_argument("--model-cache", type=Path, default=REPO / ".cache" / "models")
     ap.add_argument("--peer-embed-corpus", action="store_true", help="peer embeds the corpus with ST")
@@ -198,11 +203,13 @@ async def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    sys.path.insert(0, str(REPO))
     from embedder.inprocess import InProcessEmbedderClient
     from embedder.service import EmbeddingService
     from gateway.pipeline import SearchPipeline, SearchRequest
     from indexer.inprocess import InProcessIndexerClient
     from indexer.service import IndexerService
+    from services.machine import describe
 
     corpus, queries, qrels = load()
     svc = EmbeddingService(args.model_cache, ["ms-marco-l12"], default_model="minilm")
@@ -235,23 +242,34 @@ async def main() -> None:
     plain_q = qids[: args.queries]
     rr_q = qids[: args.rerank_queries]
 
-    async def dowse(qs: list[str], rerank: bool) -> tuple[dict[str, list[str]], float, list[float]]:
-        run, overhead = {}, []
+    async def dowse(
+        qs: list[str], rerank: bool
+    ) -> tuple[dict[str, list[str]], float, list[float], list[float]]:
+        run, outside_model, glue = {}, [], []
         t0 = time.perf_counter()
         for q in qs:
             resp = await pipe.search(
                 SearchRequest(
-                    "scifact-minilm", queries[q], top_k=100, rerank=rerank, rerank_top_n=args.rerank_top_n
+                    "scifact-minilm",
+                    queries[q],
+                    top_k=args.top_k,
+                    candidates=100,
+                    rerank=rerank,
+                    rerank_top_n=args.rerank_top_n,
                 )
             )
             run[q] = [h.id for h in resp.hits]
             t = resp.timings_ms
-            overhead.append((t["total"] - t.get("embed", 0.0) - t.get("rerank", 0.0)) / t["total"])
-        return run, len(qs) / (time.perf_counter() - t0), overhead
+            model = t.get("embed", 0.0) + t.get("rerank", 0.0)
+            outside_model.append((t["total"] - model) / t["total"])
+            # glue: everything but the model calls and the two index searches (retrieve = their
+            # concurrent wall time, query embedding included)
+            glue.append((t["total"] - t.get("retrieve", 0.0) - t.get("rerank", 0.0)) / t["total"])
+        return run, len(qs) / (time.perf_counter() - t0), outside_model, glue
 
     def peer_run(qs: list[str], rerank: bool) -> tuple[dict[str, list[str]], float]:
         t0 = time.perf_counter()
-        run = {q: peer.search(queries[q], args.rerank_top_n if rerank else 0) for q in qs}
+        run = {q: peer.search(queries[q], args.rerank_top_n if rerank else 0, top_k=args.top_k) for q in qs}
         return run, len(qs) / (time.perf_counter() - t0)
 
     # warm-up both
@@ -259,16 +277,23 @@ async def main() -> None:
     peer_run(qids[:1], True)
     qps: dict[str, list[float]] = {k: [] for k in ("dowse", "peer", "dowse+rerank", "peer+rerank")}
     overhead: dict[str, list[float]] = {"hybrid": [], "hybrid+rerank": []}
+    glue: dict[str, list[float]] = {"hybrid": [], "hybrid+rerank": []}
     runs: dict[str, dict[str, list[str]]] = {}
-    for _ in range(args.rounds):
-        runs["dowse"], q1, o1 = await dowse(plain_q, False)
-        runs["peer"], q2 = peer_run(plain_q, False)
-        runs["dowse+rerank"], q3, o3 = await dowse(rr_q, True)
-        runs["peer+rerank"], q4 = peer_run(rr_q, True)
+    for r in range(args.rounds):
+        order = ["dowse", "peer"] if r % 2 == 0 else ["peer", "dowse"]  # alternate who goes first
+        for who in order:
+            if who == "dowse":
+                runs["dowse"], q1, o1, g1 = await dowse(plain_q, False)
+                runs["dowse+rerank"], q3, o3, g3 = await dowse(rr_q, True)
+            else:
+                runs["peer"], q2 = peer_run(plain_q, False)
+                runs["peer+rerank"], q4 = peer_run(rr_q, True)
         for k, v in zip(qps, (q1, q2, q3, q4), strict=True):
             qps[k].append(v)
         overhead["hybrid"] += o1
         overhead["hybrid+rerank"] += o3
+        glue["hybrid"] += g1
+        glue["hybrid+rerank"] += g3
     # reranker throughput on identical pairs: Dowse score_pairs vs CrossEncoder.predict, interleaved
     pairs = []
     for q in rr_q:
@@ -290,8 +315,12 @@ async def main() -> None:
     # the two rerankers agree: same weights, fp32 vs fp32
     a = np.asarray(svc.score_pairs(pairs[0][0], [p[1] for p in pairs[:5]]))
     b = np.asarray(ce.predict(pairs[:5], show_progress_bar=False))
-    full_dowse, _, _ = await dowse(qids, False)
+    full_dowse, _, _, _ = await dowse(qids, False)
     full_peer, _ = peer_run(qids, False)
+    # quality of the reranked configurations on a larger query set (not timed)
+    nq = qids[: args.rerank_ndcg_queries]
+    rr_dowse, _, _, _ = await dowse(nq, True)
+    rr_peer, _ = peer_run(nq, True)
     res: dict[str, Any] = {
         "rounds": args.rounds,
         "peer_doc_vectors": vec_source,
@@ -306,16 +335,22 @@ async def main() -> None:
         "ndcg@10": {
             "dowse_hybrid_all300": ndcg10(qrels, full_dowse),
             "peer_hybrid_all300": ndcg10(qrels, full_peer),
-            "dowse_hybrid+rerank_subset": ndcg10(qrels, runs["dowse+rerank"]),
-            "peer_hybrid+rerank_subset": ndcg10(qrels, runs["peer+rerank"]),
-            "dowse_hybrid_subset": ndcg10(qrels, {q: full_dowse[q] for q in rr_q}),
+            "dowse_hybrid+rerank_subset": ndcg10(qrels, rr_dowse),
+            "peer_hybrid+rerank_subset": ndcg10(qrels, rr_peer),
+            "dowse_hybrid_subset": ndcg10(qrels, {q: full_dowse[q] for q in nq}),
+            "peer_hybrid_subset": ndcg10(qrels, {q: full_peer[q] for q in nq}),
+            "rerank_subset_queries": len(nq),
         },
+        "top_k": args.top_k,
         "overhead_outside_inference_fraction": {k: spread(v) for k, v in overhead.items()},
+        "overhead_glue_fraction": {k: spread(v) for k, v in glue.items()},
         "reranker_pairs_per_s": {k: spread(v) for k, v in ce_rate.items()},
         "reranker_ratio": statistics.median(ce_rate["dowse"]) / statistics.median(ce_rate["crossencoder"]),
         "reranker_max_abs_logit_diff": float(np.max(np.abs(a - b))),
         "peer_cross_encoder": "BertForSequenceClassification rebuilt from the packaged int8 ONNX: "
         f"{n_weights} tensors dequantised, every weight mapped (strict check)",
+        "command": " ".join(["python", "bench/search.py", *sys.argv[1:]]),
+        "machine": describe(),
         "note": "QPS one query at a time on a shared 2-core machine; Dowse rerank = blended "
         "(default weight), peer rerank = plain CrossEncoder order",
     }
@@ -345,7 +380,7 @@ async def main() -> None:
             None,
         ),
         (
-            f"nDCG@10 hybrid+rerank ({len(rr_q)} q)",
+            f"nDCG@10 hybrid+rerank ({len(nq)} q)",
             res["ndcg@10"]["dowse_hybrid+rerank_subset"],
             res["ndcg@10"]["peer_hybrid+rerank_subset"],
             None,
@@ -361,10 +396,15 @@ async def main() -> None:
         cells = [name, f"{d:.3f}", f"{p:.3f}", "-" if r is None else f"{r:.2f}x"]
         table.add_row(*cells)
         md.append("| " + " | ".join(cells) + " |")
-    oh = res["overhead_outside_inference_fraction"]
+    oh, gl = res["overhead_outside_inference_fraction"], res["overhead_glue_fraction"]
     md.append(
-        f"\nDowse time outside model inference: hybrid {oh['hybrid']['median']:.1%}, "
-        f"hybrid+rerank {oh['hybrid+rerank']['median']:.1%} of latency (median).\n\n"
+        f"\nDowse time outside model inference (query embedding, cross-encoder): hybrid "
+        f"{oh['hybrid']['median']:.1%}, hybrid+rerank {oh['hybrid+rerank']['median']:.1%} of latency; "
+        f"outside model inference and the BM25/FAISS searches (pipeline glue: validation, fusion, "
+        f"document fetch, scheduling): hybrid {gl['hybrid']['median']:.1%}, hybrid+rerank "
+        f"{gl['hybrid+rerank']['median']:.1%} (medians over all timed queries).\n\n"
+        f"Command: `{res['command']}`; machine: {res['machine']}; top_k {res['top_k']}, 100 candidates "
+        f"per retriever, rerank top {res['rerank_top_n']} at {res['cross_encoder_max_length']} tokens.\n\n"
         f"{res['peer_cross_encoder']}.\n"
     )
     (RESULTS / "search.md").write_text("\n".join(md) + "\n")

@@ -2,7 +2,8 @@
 
 A batch closes when it holds ``max_batch_size`` inputs or ``max_batch_tokens`` tokens, or when its oldest
 input has waited ``max_wait_ms``. While a batch runs, new requests queue up and form the next batch, so
-under load batches grow by themselves and at low load a lone request waits at most ``max_wait_ms``.
+under load batches grow by themselves and at low load a lone request waits at most ``max_wait_ms`` (default
+0: it runs at once; a positive wait trades latency for bigger batches, worth it on a GPU).
 The queue is bounded (``Overloaded`` when full). Inputs are sorted by length and split so that the padded
 batch (longest x count) stays within the token budget.
 """
@@ -79,7 +80,7 @@ class DynamicBatcher:
         name: str,
         max_batch_size: int = 64,
         max_batch_tokens: int = 8192,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 0.0,
         max_queue: int = 1024,
     ) -> None:
         self._run = run

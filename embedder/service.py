@@ -38,7 +38,7 @@ class EmbeddingService:
         batching: bool = True,
         max_batch_size: int = 64,
         max_batch_tokens: int = 8192,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 0.0,
         max_queue: int = 1024,
         max_client_batch: int = 256,
         auto_export: bool = True,

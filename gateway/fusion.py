@@ -30,7 +30,7 @@ Normalization = Literal["min-max", "z-score"]
 NORMALIZATIONS: tuple[str, ...] = ("min-max", "z-score")
 
 
-@dataclass
+@dataclass(slots=True)
 class Fused:
     """One fused document: its fused score plus each retriever's 1-based rank and raw score."""
 
@@ -60,11 +60,13 @@ def _collect(lists: Sequence[Ranked]) -> dict[str, Fused]:
     return out
 
 
+_MISSING = 1 << 30  # rank of a document a retriever did not return, for the tie-break
+
+
 def _tie_key(rec: Fused) -> tuple[float, int, int, tuple[int, ...], str]:
-    big = 1 << 30
-    found = sum(r is not None for r in rec.ranks)
-    per_list = tuple(r if r is not None else big for r in rec.ranks)
-    return (-rec.score, rec.best_rank, -found, per_list, rec.id)
+    per_list = tuple(_MISSING if r is None else r for r in rec.ranks)
+    found = len(per_list) - per_list.count(_MISSING)
+    return (-rec.score, min(per_list), -found, per_list, rec.id)
 
 
 def sort_fused(records: list[Fused]) -> list[Fused]:

@@ -227,12 +227,28 @@ class SearchPipeline:
     async def _dense(self, req: SearchRequest, info: dict[str, Any], timer: _Timer) -> list[Hit]:
         vec = await self._embed_query(req, info, timer)
         assert req.candidates is not None
-        aw = self.indexer.search_dense(req.collection, vec, req.candidates, req.filters)
+        aw = self.indexer.search_dense(
+            req.collection, vec, req.candidates, req.filters, texts=self._texts_needed(req)
+        )
         return await self._indexer(aw, min(self.retrieve_timeout_s, self._remaining(timer)), timer, "dense")
+
+    @staticmethod
+    def _texts_needed(req: SearchRequest) -> int:
+        """Leading hits per retriever that carry their text: 3x what is shown (and reranked).
+
+        Fusion lifts documents both retrievers found at middling ranks above either list's top few, so
+        the final top-k reaches past each list's top-k; at 3x the fetch afterwards (`_passages`) found
+        nothing left to read on SciFact, while the other candidates travel as ids and scores only.
+        """
+        assert req.top_k is not None
+        n = max(req.top_k, req.rerank_top_n or 0) if req.rerank else req.top_k
+        return 3 * n
 
     async def _lexical(self, req: SearchRequest, timer: _Timer) -> list[Hit]:
         assert req.candidates is not None
-        aw = self.indexer.search_lexical(req.collection, req.query, req.candidates, req.filters)
+        aw = self.indexer.search_lexical(
+            req.collection, req.query, req.candidates, req.filters, texts=self._texts_needed(req)
+        )
         return await self._indexer(aw, min(self.retrieve_timeout_s, self._remaining(timer)), timer, "bm25")
 
     async def _retrieve(
@@ -368,7 +384,9 @@ class SearchPipeline:
         hits_by_id: dict[str, Hit] = {}
         for lst in (dense or [], lexical or []):
             for h in lst:
-                hits_by_id.setdefault(h.id, h)
+                have = hits_by_id.get(h.id)
+                if have is None or not (have.text or have.title):  # keep the copy that carries text
+                    hits_by_id[h.id] = h
 
         final: list[fusion.Fused] = fused
         rerank_scores: dict[str, float] = {}

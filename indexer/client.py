@@ -36,15 +36,26 @@ class IndexerClient(Protocol):
         ...
 
     async def search_dense(
-        self, name: str, vector: np.ndarray, k: int, filters: dict[str, Any] | None = None
+        self,
+        name: str,
+        vector: np.ndarray,
+        k: int,
+        filters: dict[str, Any] | None = None,
+        texts: int | None = None,
     ) -> list[Hit]:
-        """Top-k documents by vector similarity (higher score = closer)."""
+        """Top-k documents by vector similarity (higher score = closer); ids + scores only past the
+        first ``texts`` hits (None: all carry text)."""
         ...
 
     async def search_lexical(
-        self, name: str, query: str, k: int, filters: dict[str, Any] | None = None
+        self,
+        name: str,
+        query: str,
+        k: int,
+        filters: dict[str, Any] | None = None,
+        texts: int | None = None,
     ) -> list[Hit]:
-        """Top-k documents by BM25."""
+        """Top-k documents by BM25; ids + scores only past the first ``texts`` hits."""
         ...
 
     async def get_documents(self, name: str, ids: list[str]) -> list[dict[str, Any]]:

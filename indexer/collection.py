@@ -165,8 +165,13 @@ class Collection:
         filters: dict[str, Any] | None = None,
         per_chunk: bool = False,
         ef_search: int | None = None,
+        texts: int | None = None,
     ) -> list[Hit]:
-        """Top-k by vector similarity; per document (best chunk) unless ``per_chunk``."""
+        """Top-k by vector similarity; per document (best chunk) unless ``per_chunk``.
+
+        ``texts``: how many leading hits carry title/text/metadata (None: all); the others carry ids,
+        scores and chunk numbers only, which keeps reading 100 candidates' documents off the hot path.
+        """
         q = np.asarray(vector, np.float32).reshape(-1)
         with self.lock.read():
             allowed = self._filter(filters)
@@ -176,7 +181,7 @@ class Collection:
             n = k if per_chunk else min(total, 2 * k)
             while True:
                 cids, scores = self._dense_candidates(q, n, allowed, ef_search)
-                hits = self._chunk_hits(cids, scores, k, per_chunk)
+                hits = self._chunk_hits(cids, scores, k, per_chunk, texts)
                 if len(hits) >= k or n >= total:
                     return hits
                 n = min(total, n * 4)
@@ -195,32 +200,48 @@ class Collection:
             return self.dense.exact_scores(q, subset, rescorer, n)
         return cids, scores
 
-    def _chunk_hits(self, cids: np.ndarray, scores: np.ndarray, k: int, per_chunk: bool) -> list[Hit]:
-        rows = self.store.chunk_rows([int(c) for c in cids])
-        hits: list[Hit] = []
+    def _chunk_hits(
+        self, cids: np.ndarray, scores: np.ndarray, k: int, per_chunk: bool, texts: int | None = None
+    ) -> list[Hit]:
+        rows = self.store.chunk_rows([int(c) for c in cids], with_text=texts is None)
+        picked: list[tuple[dict[str, Any], float]] = []
         seen: set[int] = set()
         for cid, score in zip(cids, scores, strict=True):
             row = rows.get(int(cid))
-            if row is None:
+            if row is None or (not per_chunk and row["dno"] in seen):
                 continue
-            if per_chunk:
-                text = row["text"][row["start"] : row["end"]]
-            elif row["dno"] in seen:
-                continue
-            else:
-                seen.add(row["dno"])
-                text = row["text"]
-            hits.append(Hit(row["id"], float(score), row["title"], text, row["metadata"], row["chunk"]))
-            if len(hits) >= k:
+            seen.add(row["dno"])
+            picked.append((row, float(score)))
+            if len(picked) >= k:
                 break
-        return hits
+        if texts:  # the leading hits' documents, read only for them
+            docs = self.store.doc_rows([r["dno"] for r, _ in picked[:texts]])
+            for r, _ in picked[:texts]:
+                if (d := docs.get(r["dno"])) is not None:
+                    r.update(title=d["title"], text=d["text"], metadata=d["metadata"])
+        return [
+            Hit(
+                r["id"],
+                s,
+                r["title"],
+                r["text"][r["start"] : r["end"]] if per_chunk else r["text"],
+                r["metadata"],
+                r["chunk"],
+            )
+            for r, s in picked
+        ]
 
-    def search_lexical(self, query: str, k: int, filters: dict[str, Any] | None = None) -> list[Hit]:
-        """Top-k documents by BM25 (one entry per document: title + full text)."""
+    def search_lexical(
+        self, query: str, k: int, filters: dict[str, Any] | None = None, texts: int | None = None
+    ) -> list[Hit]:
+        """Top-k documents by BM25 (one per document; ``texts``: how many leading hits carry their text)."""
         with self.lock.read():
             allowed = self._filter(filters)
             dnos, scores = self.lexical.search(query, k, None if allowed is None else allowed[1])
-            rows = self.store.doc_rows([int(d) for d in dnos])
+            keys = [int(d) for d in dnos]
+            rows = self.store.doc_rows(keys, with_text=texts is None)
+            if texts:
+                rows.update(self.store.doc_rows([d for d in keys if d in rows][:texts]))
         return [
             Hit(r["id"], float(s), r["title"], r["text"], r["metadata"], 0)
             for d, s in zip(dnos, scores, strict=True)

@@ -50,18 +50,33 @@ class HttpIndexerClient:
         return out
 
     async def search_dense(
-        self, name: str, vector: np.ndarray, k: int, filters: dict[str, Any] | None = None
+        self,
+        name: str,
+        vector: np.ndarray,
+        k: int,
+        filters: dict[str, Any] | None = None,
+        texts: int | None = None,
     ) -> list[Hit]:
         """Top-k documents by vector similarity (vector sent as base64 float32)."""
         vec = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(-1))
-        body = {"vector_b64": base64.b64encode(vec.tobytes()).decode(), "k": k, "filters": filters}
+        body = {
+            "vector_b64": base64.b64encode(vec.tobytes()).decode(),
+            "k": k,
+            "filters": filters,
+            "texts": texts,
+        }
         return _hits(await self._call("POST", f"/v1/collections/{_q(name)}/search/dense", body))
 
     async def search_lexical(
-        self, name: str, query: str, k: int, filters: dict[str, Any] | None = None
+        self,
+        name: str,
+        query: str,
+        k: int,
+        filters: dict[str, Any] | None = None,
+        texts: int | None = None,
     ) -> list[Hit]:
         """Top-k documents by BM25."""
-        body = {"query": query, "k": k, "filters": filters}
+        body = {"query": query, "k": k, "filters": filters, "texts": texts}
         return _hits(await self._call("POST", f"/v1/collections/{_q(name)}/search/lexical", body))
 
     async def get_documents(self, name: str, ids: list[str]) -> list[dict[str, Any]]:

@@ -21,16 +21,26 @@ class InProcessIndexerClient:
         return await self.service.collection_info(name)
 
     async def search_dense(
-        self, name: str, vector: np.ndarray, k: int, filters: dict[str, Any] | None = None
+        self,
+        name: str,
+        vector: np.ndarray,
+        k: int,
+        filters: dict[str, Any] | None = None,
+        texts: int | None = None,
     ) -> list[Hit]:
         """Top-k documents by vector similarity."""
-        return await self.service.search_dense(name, vector, k, filters)
+        return await self.service.search_dense(name, vector, k, filters, texts=texts)
 
     async def search_lexical(
-        self, name: str, query: str, k: int, filters: dict[str, Any] | None = None
+        self,
+        name: str,
+        query: str,
+        k: int,
+        filters: dict[str, Any] | None = None,
+        texts: int | None = None,
     ) -> list[Hit]:
         """Top-k documents by BM25."""
-        return await self.service.search_lexical(name, query, k, filters)
+        return await self.service.search_lexical(name, query, k, filters, texts=texts)
 
     async def get_documents(self, name: str, ids: list[str]) -> list[dict[str, Any]]:
         """Stored documents in ``ids`` order."""

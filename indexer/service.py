@@ -414,8 +414,13 @@ class IndexerService:
         k: int = 10,
         filters: dict[str, Any] | None = None,
         per_chunk: bool = False,
+        texts: int | None = None,
     ) -> list[Hit]:
-        """Top-k by vector similarity; ``vector`` must have the collection's dims."""
+        """Top-k by vector similarity; ``vector`` must have the collection's dims.
+
+        ``texts``: how many leading hits carry title/text/metadata (None: all; the gateway asks only for
+        the few it shows or reranks).
+        """
         coll = self._get(name)
         _check_k(k)
         compile_filters(filters)
@@ -436,7 +441,8 @@ class IndexerService:
             if norm == 0 or not math.isfinite(norm):
                 raise InvalidInput("vector must be non-zero for cosine similarity", field="vector")
             q = q / norm
-        return await asyncio.to_thread(coll.search_dense, q, k, filters, per_chunk)
+        _check_texts(texts)
+        return await asyncio.to_thread(coll.search_dense, q, k, filters, per_chunk, None, texts)
 
     async def search_lexical(
         self,
@@ -445,6 +451,7 @@ class IndexerService:
         k: int = 10,
         filters: dict[str, Any] | None = None,
         per_chunk: bool = False,
+        texts: int | None = None,
     ) -> list[Hit]:
         """Top-k documents by BM25 (``per_chunk`` accepted for symmetry: lexical hits are whole documents)."""
         coll = self._get(name)
@@ -452,7 +459,8 @@ class IndexerService:
         compile_filters(filters)
         if not isinstance(query, str) or len(query) > MAX_QUERY_CHARS:
             raise InvalidInput("query must be a string", field="query", limit=MAX_QUERY_CHARS)
-        return await asyncio.to_thread(coll.search_lexical, query, k, filters)
+        _check_texts(texts)
+        return await asyncio.to_thread(coll.search_lexical, query, k, filters, texts)
 
     # ---- jobs ---------------------------------------------------------------------------------
     async def start_job(self, name: str, path: str | Path, fmt: str | None = None) -> dict[str, Any]:
@@ -591,6 +599,11 @@ def _same_config(a: Manifest, b: Manifest) -> bool:
 def _check_k(k: Any) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise InvalidInput(f"k must be an integer in [1, {MAX_K}]", field="k", limit=MAX_K)
+
+
+def _check_texts(texts: Any) -> None:
+    if texts is not None and (isinstance(texts, bool) or not isinstance(texts, int) or texts < 0):
+        raise InvalidInput("texts must be a non-negative integer or null", field="texts")
 
 
 def _check_ids(ids: Any, limit: int) -> None:

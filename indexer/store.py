@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+# entries per key cache (id-only search hits); beyond it lookups fall back to SQLite
+_KEY_CACHE_MAX = 500_000
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS docs (
@@ -75,6 +78,11 @@ class DocStore:
         self._writer.executescript(SCHEMA)
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._all: list[sqlite3.Connection] = [self._writer]
+        # Key caches for id-only search hits. cids (AUTOINCREMENT) and dnos (meta counter, committed with
+        # the rows) are never reused, so what a committed row says about them never changes: cid ->
+        # (dno, chunk_no, start, end, doc id), dno -> doc id. Removals only drop entries to free memory.
+        self._chunk_keys: dict[int, tuple[int, int, int, int, str]] = {}
+        self._doc_ids: dict[int, str] = {}
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -165,6 +173,9 @@ class DocStore:
         conn.executemany("INSERT INTO removed VALUES (?, 'chunk', ?)", [(seq, c) for c in cids])
         ch.removed_dnos.append(dno)
         ch.removed_cids.extend(cids)
+        self._doc_ids.pop(dno, None)
+        for c in cids:
+            self._chunk_keys.pop(c, None)
 
     def prune_tombstones(self, upto_seq: int) -> None:
         """Forget tombstones every derived index has already applied."""
@@ -234,34 +245,68 @@ class DocStore:
                 )
         return out
 
-    def chunk_rows(self, cids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """cid -> chunk + document fields (for turning index hits into results)."""
+    def chunk_rows(self, cids: Sequence[int], with_text: bool = True) -> dict[int, dict[str, Any]]:
+        """cid -> chunk + document fields (for turning index hits into results).
+
+        ``with_text=False`` gives the keys only (cid, dno, chunk, id; title/text/metadata empty), from an
+        in-memory cache of immutable keys, so a search's hot path does not read every candidate's document.
+        """
         out: dict[int, dict[str, Any]] = {}
+        if not with_text:
+            missing = []
+            for c in cids:
+                key = self._chunk_keys.get(c)
+                if key is None:
+                    missing.append(c)
+                else:
+                    out[c] = _key_row(c, key)
+            cids = missing
+        cols = "d.title, d.text, d.metadata" if with_text else "'', '', '{}'"
         with self.reader() as conn:
             for part in _parts(list(cids)):
                 q = (
-                    "SELECT c.cid, c.dno, c.chunk_no, c.start, c.end, d.id, d.title, d.text, d.metadata "
+                    f"SELECT c.cid, c.dno, c.chunk_no, c.start, c.end, d.id, {cols} "
                     f"FROM chunks c JOIN docs d ON d.dno = c.dno WHERE c.cid IN ({_marks(part)})"
                 )
                 for r in conn.execute(q, part):
-                    out[int(r[0])] = _row(r)
+                    row = out[int(r[0])] = _row(r)
+                    if not with_text and len(self._chunk_keys) < _KEY_CACHE_MAX:
+                        self._chunk_keys[row["cid"]] = (
+                            row["dno"],
+                            row["chunk"],
+                            row["start"],
+                            row["end"],
+                            row["id"],
+                        )
         return out
 
-    def doc_rows(self, dnos: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """dno -> document fields."""
+    def doc_rows(self, dnos: Sequence[int], with_text: bool = True) -> dict[int, dict[str, Any]]:
+        """dno -> document fields (``with_text=False``: id only, from the key cache where possible)."""
         out: dict[int, dict[str, Any]] = {}
+        if not with_text:
+            missing = []
+            for d in dnos:
+                doc_id = self._doc_ids.get(d)
+                if doc_id is None:
+                    missing.append(d)
+                else:
+                    out[d] = {"dno": d, "id": doc_id, "title": "", "text": "", "metadata": {}, "chunk": 0}
+            dnos = missing
+        cols = "title, text, metadata" if with_text else "'', '', NULL"
         with self.reader() as conn:
             for part in _parts(list(dnos)):
-                q = f"SELECT dno, id, title, text, metadata FROM docs WHERE dno IN ({_marks(part)})"
+                q = f"SELECT dno, id, {cols} FROM docs WHERE dno IN ({_marks(part)})"
                 for r in conn.execute(q, part):
                     out[int(r[0])] = {
                         "dno": int(r[0]),
                         "id": r[1],
                         "title": r[2],
                         "text": r[3],
-                        "metadata": json.loads(r[4]),
+                        "metadata": json.loads(r[4]) if r[4] is not None else {},
                         "chunk": 0,
                     }
+                    if not with_text and len(self._doc_ids) < _KEY_CACHE_MAX:
+                        self._doc_ids[int(r[0])] = r[1]
         return out
 
     def embeddings(self, cids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -342,6 +387,21 @@ def _row(r: Sequence[Any]) -> dict[str, Any]:
         "title": r[6],
         "text": r[7],
         "metadata": json.loads(r[8]),
+    }
+
+
+def _key_row(cid: int, key: tuple[int, int, int, int, str]) -> dict[str, Any]:
+    dno, chunk, start, end, doc_id = key
+    return {
+        "cid": cid,
+        "dno": dno,
+        "chunk": chunk,
+        "start": start,
+        "end": end,
+        "id": doc_id,
+        "title": "",
+        "text": "",
+        "metadata": {},
     }
 
 

@@ -194,7 +194,11 @@ def config_from_settings(settings: Any) -> CacheConfig:
     return CacheConfig(
         default_max_error=g("cache_max_error", 0.02),
         default_threshold=g("cache_threshold", 0.9),
-        min_obs=g("cache_min_obs", 3),
+        min_obs=g("cache_min_obs", 10),
+        adaptive_rule=g("cache_adaptive_rule", "budget"),
+        group_by=g("cache_group_by", "response"),
+        store_on_correct_explore=g("cache_store_on_correct_explore", True),
+        prior_weight=g("cache_prior_weight", 5.0),
         use_prior=g("cache_use_prior", True),
         min_similarity=g("cache_min_similarity", 0.0),
         max_entries=g("cache_max_entries", 1_000_000),

@@ -31,6 +31,14 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option(min=100, help="QQP: stream only the first N shuffled questions")
         ] = 3000,
         seed: Annotated[int, typer.Option(help="stream order and policy randomness")] = 0,
+        rule: Annotated[
+            list[str] | None,
+            typer.Option("--rule", help="adaptive rules to run: budget | vcache (repeatable)"),
+        ] = None,
+        reuse_static: Annotated[
+            bool,
+            typer.Option(help="reuse static rows of the identical stream from an earlier cache_eval.json"),
+        ] = False,
     ) -> None:
         """Run the semantic-cache workloads (banking77, QQP, GPTCache pairs) through the real cache."""
         from rich.console import Console
@@ -46,6 +54,8 @@ def register(app: typer.Typer) -> None:
         bad = [w for w in chosen if w not in ("banking77", "qqp", "gptcache")]
         if bad:
             raise typer.BadParameter(f"unknown workload(s) {bad}", param_hint="--workload")
+        if any(r not in ("budget", "vcache") for r in rule or ()):
+            raise typer.BadParameter("rules are budget | vcache", param_hint="--rule")
         opts = EvalOptions(
             data_dir=data,
             redis_url=redis_url or settings.redis_url,
@@ -58,6 +68,8 @@ def register(app: typer.Typer) -> None:
             max_stream=max_stream,
             workloads=chosen,
             config=config_from_settings(settings),
+            rules=tuple(rule or ("budget", "vcache")),
+            reuse_static=reuse_static,
         )
         result = asyncio.run(run_all(opts))
         Console().print(markdown(result))

@@ -77,6 +77,8 @@ class DenseSearch(BaseModel):
     k: int = Field(default=10, ge=1, le=MAX_K)
     filters: dict[str, Any] | None = None
     per_chunk: bool = False
+    # how many leading hits carry title/text/metadata (null: all; the rest: ids and scores only)
+    texts: int | None = Field(default=None, ge=0, le=MAX_K)
 
 
 class LexicalSearch(BaseModel):
@@ -87,6 +89,8 @@ class LexicalSearch(BaseModel):
     k: int = Field(default=10, ge=1, le=MAX_K)
     filters: dict[str, Any] | None = None
     per_chunk: bool = False
+    # how many leading hits carry title/text/metadata (null: all; the rest: ids and scores only)
+    texts: int | None = Field(default=None, ge=0, le=MAX_K)
 
 
 class JobCreate(BaseModel):
@@ -196,13 +200,19 @@ async def search_dense(name: str, body: DenseSearch, request: Request) -> dict[s
         vec: Any = np.frombuffer(raw, dtype="<f4")
     else:
         vec = body.vector
-    return _hits(await _svc(request).search_dense(name, vec, body.k, body.filters, body.per_chunk))
+    return _hits(
+        await _svc(request).search_dense(name, vec, body.k, body.filters, body.per_chunk, texts=body.texts)
+    )
 
 
 @router.post("/{name}/search/lexical")
 async def search_lexical(name: str, body: LexicalSearch, request: Request) -> dict[str, Any]:
     """Top-k documents by BM25, with optional metadata filters."""
-    return _hits(await _svc(request).search_lexical(name, body.query, body.k, body.filters, body.per_chunk))
+    return _hits(
+        await _svc(request).search_lexical(
+            name, body.query, body.k, body.filters, body.per_chunk, texts=body.texts
+        )
+    )
 
 
 @router.post("/{name}/jobs", status_code=202)

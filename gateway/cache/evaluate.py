@@ -135,6 +135,7 @@ class StreamResult:
     error_rate: float
     error_ci: tuple[float, float]
     llm_calls_saved: int
+    rule: str = ""  # adaptive rule ("budget" | "vcache"); '' for static
 
     def row(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -194,6 +195,7 @@ async def run_stream(
     return StreamResult(
         wl.name, policy, param, total, exploits, wrong, explores, misses, entries,
         exploits / total, wrong / total, wilson(wrong, total), exploits,
+        cfg.adaptive_rule if policy == "adaptive" else "",
     )  # fmt: skip
 
 

@@ -1,4 +1,6 @@
-"""Feedback: judge the cached response against the fresh one, record (s, y), refit, store when wrong."""
+"""Feedback: judge the cached response against the fresh one, record (s, y) for the entry's answer group,
+refit the group, and store the pair (after a miss or a wrong answer, and after a correct explore when
+``store_on_correct_explore``)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedder.errors import Conflict, NotFound
-from gateway.cache.policy import fit_threshold
+from gateway.cache.policy import fit_threshold, fit_with_prior
 from gateway.cache.store import decode_obs, encode_obs
 
 if TYPE_CHECKING:
@@ -29,6 +31,16 @@ class FeedbackAlreadyGiven(Conflict):
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+# KEYS: group observations, group hash; ARGV: observation, max kept. The list takes the group's TTL.
+_GROUP_OBS = """
+redis.call('rpush', KEYS[1], ARGV[1])
+redis.call('ltrim', KEYS[1], -tonumber(ARGV[2]), -1)
+local t = redis.call('pttl', KEYS[2])
+if t > 0 then redis.call('pexpire', KEYS[1], t) end
+return redis.call('lrange', KEYS[1], 0, -1)
+"""
 
 
 async def apply_feedback(svc: CacheService, lookup_id: str, response: str) -> FeedbackResult:
@@ -82,16 +94,15 @@ async def _judge_and_update(
     k, r, cfg = svc.keys, svc.main, svc.config
     correct: bool | None = None
     n_obs = 0
-    cached = await r.hget(k.entry(ns, eid), "response") if eid else None
-    if eid is not None and cached is not None and s is not None:
+    cached, grp = await r.hmget(k.entry(ns, eid), ["response", "grp"]) if eid else (None, None)
+    group = (_s(grp) if grp else eid) or None
+    if eid is not None and cached is not None and s is not None and group is not None:
         correct = await svc.judge(_s(cached), response)
         pipe = r.pipeline(transaction=True)
-        obs_key = k.obs(ns, eid)
-        pipe.rpush(obs_key, encode_obs(s, correct))
-        pipe.ltrim(obs_key, -cfg.max_obs_per_entry, -1)
-        pipe.lrange(obs_key, 0, -1)
-        pipe.pttl(k.entry(ns, eid))
-        pipe.rpush(k.pooled(ns), encode_obs(s, correct))
+        obs = encode_obs(s, correct)
+        pipe.eval(_GROUP_OBS, 2, k.group_obs(ns, group), k.group(ns, group), obs, str(cfg.max_obs_per_entry))
+        pipe.lrange(k.pooled(ns), -cfg.prior_sample, -1)  # before this observation joins it
+        pipe.rpush(k.pooled(ns), obs)
         pipe.ltrim(k.pooled(ns), -cfg.prior_window, -1)
         stats = k.stats(ns)
         pipe.hincrby(stats, "feedback", 1)
@@ -101,18 +112,28 @@ async def _judge_and_update(
             if not correct:
                 pipe.hincrby(stats, "exploit_feedback_wrong", 1)
         res = await pipe.execute()
-        items, pttl, n_feedback = res[2], int(res[3]), int(res[6])
-        if pttl > 0:
-            await r.pexpire(obs_key, pttl)
+        items, n_feedback = res[0], int(res[4])
         s_arr, y_arr = decode_obs(items)
         n_obs = int(s_arr.size)
-        fit = fit_threshold(s_arr, y_arr)
-        await svc.sync.publish_fit(r, ns, eid, fit, n_obs)
+        if cfg.use_prior and cfg.prior_weight > 0:
+            ps, py = decode_obs(res[1])
+            fit = await asyncio.to_thread(fit_with_prior, s_arr, y_arr, ps, py, cfg.prior_weight)
+        else:
+            fit = fit_threshold(s_arr, y_arr)
+        await svc.sync.publish_fit(r, ns, group, fit, n_obs)
         if cfg.use_prior and n_feedback % cfg.prior_every == 0:
             await _refit_prior(svc, ns)
     stored: str | None = None
-    if correct is not True or decision == "miss":
-        result = await svc.store_vector(ns, vec, prompt, response, scope, None, None)
+    # a correct explore adds coverage (unless it is a near-copy of the entry) and joins the entry's group
+    extra = correct is True and decision == "explore" and cfg.store_on_correct_explore
+    if (
+        correct is not True
+        or decision == "miss"
+        or (extra and s is not None and s < cfg.duplicate_similarity)
+    ):
+        # lineage: a correct explore joins the entry's group; response groups are set by store_vector
+        new_group = group if extra and cfg.group_by == "lineage" else None
+        result = await svc.store_vector(ns, vec, prompt, response, scope, None, None, group=new_group)
         stored = result.entry_id
     return FeedbackResult(correct, eid, stored, n_obs)
 

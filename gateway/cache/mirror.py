@@ -3,7 +3,8 @@
 One group per (namespace, scope hash): scopes never see each other's entries. Small groups are searched
 exactly with numpy; a group that grows past ``exact_max`` switches to a FAISS HNSW graph (inner product on
 L2-normalised vectors = cosine). Deletes leave tombstones that searches skip; a group whose tombstones
-exceed half its rows is compacted.
+exceed half its rows is compacted. Threshold fits belong to answer groups (entries that share
+observations), held per (namespace, answer group id).
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ class MirrorEntry:
     response: str
     expires_at: float  # unix seconds; 0 = never
     ttl_s: int = 0  # the TTL it was stored with (for refresh on hit)
-    fit: ThresholdFit | None = None
-    n_obs: int = 0
+    group: str = ""  # answer group whose observations and fit decide for this entry ('' = its own id)
+
+    @property
+    def group_id(self) -> str:
+        """The answer group id (the entry's own id when it has none)."""
+        return self.group or self.id
 
     def expired(self, now: float) -> bool:
         """True once the entry's TTL has run out."""
@@ -155,14 +160,19 @@ class Mirror:
     entries: dict[tuple[str, str], MirrorEntry] = field(default_factory=dict)  # (ns, id) -> entry
     groups: dict[tuple[str, str], VectorGroup] = field(default_factory=dict)  # (ns, scope) -> vectors
     priors: dict[str, ThresholdFit] = field(default_factory=dict)  # ns -> pooled fit
+    fits: dict[tuple[str, str], tuple[ThresholdFit | None, int]] = field(default_factory=dict)  # (ns, group)
 
     def put(self, entry: MirrorEntry, vec: np.ndarray) -> None:
         """Insert or replace an entry."""
         key = (entry.namespace, entry.id)
         old = self.entries.get(key)
+        gkey = (entry.namespace, entry.scope)
         if old is not None and old.scope != entry.scope:
             self.remove(entry.namespace, entry.id)
-        gkey = (entry.namespace, entry.scope)
+        elif old is not None and gkey in self.groups and entry.id in self.groups[gkey].rows:
+            # ids are never reused: the same entry again (own write racing its stream event) keeps its row
+            self.entries[key] = entry
+            return
         group = self.groups.get(gkey)
         if group is None:
             group = VectorGroup(int(vec.shape[-1]), self.exact_max, ef_search=self.ef_search)
@@ -189,6 +199,8 @@ class Mirror:
             self.entries.pop((namespace, eid), None)
         for gkey in [g for g in self.groups if g[0] == namespace]:
             del self.groups[gkey]
+        for fkey in [f for f in self.fits if f[0] == namespace]:
+            del self.fits[fkey]
         self.priors.pop(namespace, None)
         return len(ids)
 
@@ -196,11 +208,13 @@ class Mirror:
         """The entry, if mirrored."""
         return self.entries.get((namespace, entry_id))
 
-    def set_fit(self, namespace: str, entry_id: str, fit: ThresholdFit | None, n_obs: int) -> None:
-        """Update an entry's fitted threshold parameters."""
-        entry = self.entries.get((namespace, entry_id))
-        if entry is not None:
-            entry.fit, entry.n_obs = fit, n_obs
+    def set_fit(self, namespace: str, group: str, fit: ThresholdFit | None, n_obs: int) -> None:
+        """Update an answer group's fitted threshold parameters."""
+        self.fits[(namespace, group)] = (fit, n_obs)
+
+    def group_fit(self, namespace: str, group: str) -> tuple[ThresholdFit | None, int]:
+        """(fit, observations) of an answer group; (None, 0) when it has none."""
+        return self.fits.get((namespace, group), (None, 0))
 
     def nearest(
         self, namespace: str, scope: str, q: np.ndarray, now: float | None = None

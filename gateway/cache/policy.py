@@ -9,12 +9,17 @@ Pure functions (numpy only), written from the vCache paper's equations:
   MLE does not exist; the fallback is Firth's bias-reduced estimate (finite, with the same variance formula);
 * for a new prompt at similarity ``s``: for each ``eps`` on a grid, ``t'_eps = t_hat + z_{1-eps} sd(t_hat)``
   and ``alpha_eps = (1 - eps) * sigmoid(gamma * (s - t'_eps))`` lower-bounds ``P(correct)``; the exploit
-  probability is ``min(1, delta / (1 - max_eps alpha_eps))`` so ``P(wrong response served) <= delta``.
+  probability is ``min(1, delta / (1 - max_eps alpha_eps))`` so ``P(wrong response served) <= delta``
+  (the "vcache" rule);
+* the default "budget" rule is deterministic: ``r = 1 - alpha`` upper-bounds the lookup's P(wrong); a
+  :class:`RiskBudget` exploits iff ``r`` lies under the hindsight cut of past risks and the risk spent so far
+  plus ``r`` stays within ``delta`` times the lookups seen, so the expected error rate is <= ``delta``.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -151,6 +156,27 @@ def fit_threshold(
     return ThresholdFit(gamma=float(b), t=float(t), var_t=max(var_t, 0.0), n=n, separated=separated)
 
 
+def fit_with_prior(
+    s: np.ndarray,
+    y: np.ndarray,
+    prior_s: np.ndarray,
+    prior_y: np.ndarray,
+    prior_weight: float,
+) -> ThresholdFit | None:
+    """Fit a group's ``(s, y)`` with the pooled sample as pseudo-data of total weight ``prior_weight``.
+
+    The pooled sample shrinks a small group's fit (and its variance) towards the namespace's; ``n`` of the
+    result counts the group's own observations only.
+    """
+    if prior_weight <= 0 or prior_s.size == 0:
+        return fit_threshold(s, y)
+    w = np.concatenate([np.full(prior_s.size, prior_weight / prior_s.size), np.ones(s.size)])
+    fit = fit_threshold(np.concatenate([prior_s, s]), np.concatenate([prior_y, y]), weights=w)
+    if fit is None:
+        return None
+    return ThresholdFit(fit.gamma, fit.t, fit.var_t, int(s.size), fit.separated)
+
+
 class VerifiedPolicy:
     """The adaptive decision: exploit with probability ``min(1, delta / (1 - alpha))``."""
 
@@ -176,6 +202,85 @@ class VerifiedPolicy:
             raise ValueError("delta must lie in (0, 1)")
         alpha = self.correct_lower_bound(s, fit)
         return min(1.0, delta / (1.0 - alpha)) if alpha < 1.0 else 1.0
+
+
+#: risk histogram: bin 0 holds [0, 1e-4], then 512 geometric bins up to 1 (about 1.8 % wide each)
+_RISK_EDGES = np.concatenate([[1e-4], np.geomspace(1e-4, 1.0, 513)[1:]])
+
+
+class RiskBudget:
+    """Budgeted deterministic exploit rule for one (namespace, delta) in one process.
+
+    ``lookups`` counts every adaptive lookup, ``spent`` sums the risk bounds of the exploits, and a
+    histogram holds the risks of past lookups that had a neighbour. Exploit iff ``risk <= cut`` and
+    ``spent + risk <= delta * lookups``, where ``cut`` is the largest risk such that the past risks up to it
+    sum to at most ``delta * lookups`` (the cut that would have been best in hindsight).
+    """
+
+    __slots__ = ("counts", "delta", "lookups", "spent", "sums")
+
+    def __init__(self, delta: float) -> None:
+        if not 0.0 < delta < 1.0:
+            raise ValueError("delta must lie in (0, 1)")
+        self.delta = delta
+        self.lookups = 0
+        self.spent = 0.0
+        self.sums = np.zeros(_RISK_EDGES.size)  # sum of past risks per bin
+        self.counts = np.zeros(_RISK_EDGES.size, dtype=np.int64)  # past risks per bin
+
+    def cut(self) -> float:
+        """Largest past risk (bin edge) whose cumulative past risk fits the budget; 0 when none does."""
+        budget = self.delta * self.lookups
+        cs = np.cumsum(self.sums)
+        b = int(np.searchsorted(cs, budget, side="right"))  # bins whose risks all fit
+        before = float(cs[b - 1]) if b else 0.0
+        if b < cs.size and self.counts[b] and before + self.sums[b] / self.counts[b] <= budget:
+            return float(_RISK_EDGES[b])  # part of the next bin fits too (ties of equal risks)
+        seen = np.flatnonzero(self.counts[:b])
+        return float(_RISK_EDGES[seen[-1]]) if seen.size else 0.0
+
+    def decide(self, risk: float | None) -> bool:
+        """Count one lookup (``risk`` None: no neighbour) and say whether to exploit it."""
+        self.lookups += 1
+        if risk is None:
+            return False
+        risk = min(max(float(risk), 0.0), 1.0)
+        # risk 1 = no evidence at all (no fit): never served, whatever budget is left
+        ok = risk < 1.0 and risk <= self.cut() and self.spent + risk <= self.delta * self.lookups
+        b = int(np.searchsorted(_RISK_EDGES, risk, side="left"))
+        self.sums[b] += risk
+        self.counts[b] += 1
+        if ok:
+            self.spent += risk
+        return ok
+
+
+class BudgetBook:
+    """The :class:`RiskBudget` of each (namespace, delta), least recently used dropped past ``capacity``."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._book: OrderedDict[tuple[str, float], RiskBudget] = OrderedDict()
+
+    def get(self, namespace: str, delta: float) -> RiskBudget:
+        """The controller of (namespace, delta), created empty on first use."""
+        key = (namespace, round(float(delta), 9))
+        rb = self._book.get(key)
+        if rb is None:
+            rb = self._book[key] = RiskBudget(delta)
+            while len(self._book) > self.capacity:
+                self._book.popitem(last=False)
+        else:
+            self._book.move_to_end(key)
+        return rb
+
+    def drop_namespace(self, namespace: str) -> None:
+        """Forget a deleted namespace's budgets."""
+        for key in [k for k in self._book if k[0] == namespace]:
+            del self._book[key]
+
+    def __len__(self) -> int:
+        return len(self._book)
 
 
 def static_decision(s: float, threshold: float) -> bool:

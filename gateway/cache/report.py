@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,25 +38,50 @@ class EvalOptions:
     max_stream: int | None = None  # cap on the QQP stream (a seeded prefix of its shuffled questions)
     static_sweep: tuple[float, ...] = STATIC_SWEEP
     merge: bool = True  # update an existing cache_eval.json instead of replacing it
+    rules: tuple[str, ...] = ("budget", "vcache")  # adaptive rules to run (the first is the configured one)
+    reuse_static: bool = False  # take static rows of an identical earlier stream from cache_eval.json
     config: CacheConfig = field(default_factory=CacheConfig)
+
+
+def _old_static(opts: EvalOptions, name: str, length: int) -> list[ev.StreamResult] | None:
+    """Static rows of an earlier run of the same stream (static decisions do not depend on the policy)."""
+    path = opts.out_dir / "cache_eval.json"
+    if not (opts.reuse_static and path.exists()):
+        return None
+    old = json.loads(path.read_text())
+    res = old.get(name)
+    if not res or old.get("seed") != opts.seed or old.get("model") != opts.model:
+        return None
+    if res.get("stream_length") != length or [r["param"] for r in res["static"]] != list(opts.static_sweep):
+        return None
+    fields = set(ev.StreamResult.__dataclass_fields__)
+    rows = [ev.StreamResult(**{k: v for k, v in r.items() if k in fields}) for r in res["static"]]
+    for r in rows:
+        r.error_ci = (r.error_ci[0], r.error_ci[1])
+    return rows
 
 
 async def _sweep(
     opts: EvalOptions, wl: ev.Workload, vecs: np.ndarray, max_stream: int | None = None
 ) -> dict[str, Any]:
     order = np.random.default_rng(opts.seed).permutation(len(wl.texts))[:max_stream]
-    static = []
-    for th in opts.static_sweep:
-        r = await ev.run_stream(opts.redis_url, wl, vecs, "static", th, seed=opts.seed, order=order)
-        log.info("%s static %.2f: hit %.4f err %.4f", wl.name, th, r.hit_rate, r.error_rate)
-        static.append(r)
+    static = _old_static(opts, wl.name.split("-")[0], len(order))
+    reused = static is not None
+    if static is None:
+        static = []
+        for th in opts.static_sweep:
+            r = await ev.run_stream(opts.redis_url, wl, vecs, "static", th, seed=opts.seed, order=order)
+            log.info("%s static %.2f: hit %.4f err %.4f", wl.name, th, r.hit_rate, r.error_rate)
+            static.append(r)
     adaptive = []
-    for d in DELTAS:
-        r = await ev.run_stream(
-            opts.redis_url, wl, vecs, "adaptive", d, seed=opts.seed, order=order, config=opts.config
-        )
-        log.info("%s adaptive %.2f: hit %.4f err %.4f", wl.name, d, r.hit_rate, r.error_rate)
-        adaptive.append(r)
+    for rule in opts.rules:
+        cfg = replace(opts.config, adaptive_rule="vcache" if rule == "vcache" else "budget")
+        for d in DELTAS:
+            r = await ev.run_stream(
+                opts.redis_url, wl, vecs, "adaptive", d, seed=opts.seed, order=order, config=cfg
+            )
+            log.info("%s adaptive/%s %.2f: hit %.4f err %.4f", wl.name, rule, d, r.hit_rate, r.error_rate)
+            adaptive.append(r)
     rows = []
     for r in adaptive:
         static_hit = ev.interpolate_static(static, r.error_rate)
@@ -68,7 +93,12 @@ async def _sweep(
                 "on_or_above_static": r.hit_rate >= static_hit,
             }
         )
-    return {"static": [r.row() for r in static], "adaptive": rows, "stream_length": len(order)}
+    return {
+        "static": [r.row() for r in static],
+        "adaptive": rows,
+        "stream_length": len(order),
+        "static_reused": reused,
+    }
 
 
 async def _gptcache(opts: EvalOptions) -> dict[str, Any]:
@@ -159,6 +189,15 @@ def _pct(x: float) -> str:
 def markdown(out: dict[str, Any]) -> str:
     """Markdown tables of an evaluation."""
     lines: list[str] = []
+    cfg = out.get("policy_config", {})
+    if cfg:
+        lines += [
+            f"Adaptive configuration: rule `{cfg.get('adaptive_rule', 'vcache')}` (default), "
+            f"answer groups by `{cfg.get('group_by', 'entry')}`, min_obs {cfg.get('min_obs')}, "
+            f"prior {'on' if cfg.get('use_prior') else 'off'} (>= {cfg.get('prior_min_obs')} obs), "
+            f"store on correct explore {'on' if cfg.get('store_on_correct_explore') else 'off'}.",
+            "",
+        ]
     for name in ("banking77", "qqp"):
         if name not in out:
             continue
@@ -172,15 +211,23 @@ def markdown(out: dict[str, Any]) -> str:
         ]
         for r in res["static"] + res["adaptive"]:
             lo, hi = r["error_ci"]
+            pol = f"{r['policy']} ({r['rule']})" if r.get("rule") else r["policy"]
             lines.append(
-                f"| {r['policy']} | {r['param']} | {_pct(r['hit_rate'])} | {_pct(r['error_rate'])} "
+                f"| {pol} | {r['param']} | {_pct(r['hit_rate'])} | {_pct(r['error_rate'])} "
                 f"[{_pct(lo)}, {_pct(hi)}] | {r['llm_calls_saved']} | {r['entries']} |"
             )
-        lines += ["", "| delta | error <= delta (CI) | hit rate | static hit rate at same error | on/above |"]
-        lines.append("|---|---|---|---|---|")
+        if res.get("static_reused"):
+            lines += ["", "(static rows reused from an earlier run of the identical stream)"]
+        lines += [
+            "",
+            "| rule | delta | error <= delta (CI) | hit rate | error rate | static hit rate at same error "
+            "| on/above |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in res["adaptive"]:
             lines.append(
-                f"| {r['param']} | {'yes' if r['bound_holds'] else 'NO'} | {_pct(r['hit_rate'])} | "
+                f"| {r.get('rule') or 'vcache'} | {r['param']} | {'yes' if r['bound_holds'] else 'NO'} | "
+                f"{_pct(r['hit_rate'])} | {_pct(r['error_rate'])} | "
                 f"{_pct(r['static_hit_at_same_error'])} | {'yes' if r['on_or_above_static'] else 'no'} |"
             )
         lines.append("")
@@ -225,7 +272,7 @@ def plot(out: dict[str, Any], path: Path) -> None:
                 r["hit_rate"],
                 xerr=[[r["error_rate"] - lo], [hi - r["error_rate"]]],
                 fmt="s",
-                label=f"adaptive delta={r['param']}",
+                label=f"adaptive {r.get('rule') or ''} delta={r['param']}",
             )
         ax.set_xlabel("error rate (wrong exploits / lookups)")
         ax.set_ylabel("hit rate (exploits / lookups)")

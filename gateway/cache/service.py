@@ -14,8 +14,7 @@ import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -25,79 +24,18 @@ from redis.exceptions import RedisError
 
 from embedder.client import EmbedderClient
 from embedder.errors import DependencyFailed
+from gateway.cache.config import CacheConfig, Decision, FeedbackResult, LookupResult, StoreResult
 from gateway.cache.judge import ExactMatchJudge, Judge
 from gateway.cache.mirror import Mirror, MirrorEntry
-from gateway.cache.policy import ThresholdFit, VerifiedPolicy
-from gateway.cache.store import PREFIX, Keys, encode_fit, scope_hash
+from gateway.cache.policy import BudgetBook, ThresholdFit, VerifiedPolicy
+from gateway.cache.store import Keys, encode_fit, response_group, scope_hash
 from gateway.cache.sync import MirrorSync
-from gateway.cache.validate import CacheLimits, check_policy, check_text
+from gateway.cache.validate import check_policy, check_text
 
 log = logging.getLogger(__name__)
 
-Decision = Literal["exploit", "explore", "miss"]
+__all__ = ["CacheConfig", "CacheService", "FeedbackResult", "LookupResult", "StoreResult"]
 _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
-
-
-@dataclass
-class CacheConfig:
-    """Tunables of the cache service (plain values; services/settings.py maps env vars onto them)."""
-
-    default_max_error: float = 0.02
-    default_threshold: float = 0.9
-    min_obs: int = 2  # own observations before an entry's own fit is used
-    use_prior: bool = True  # new entries decide with the namespace's pooled fit
-    prior_min_obs: int = 50
-    prior_every: int = 25  # refit the pooled prior every N feedbacks
-    prior_window: int = 5000
-    max_obs_per_entry: int = 256
-    min_similarity: float = 0.0  # adaptive: a neighbour below this is a miss
-    max_entries: int = 1_000_000  # per namespace; oldest evicted first
-    default_ttl_s: int | None = None
-    refresh_ttl_on_hit: bool = False
-    lookup_ttl_s: int = 3600
-    op_timeout_s: float = 0.04  # lookup-path Redis budget (the miss-within-50-ms promise)
-    write_timeout_s: float = 1.0
-    reconnect_interval_s: float = 0.25
-    stream_maxlen: int = 1_000_000
-    exact_max: int = 4096
-    ef_search: int = 64
-    embed_model: str | None = None
-    prefix: str = PREFIX
-    limits: CacheLimits = field(default_factory=CacheLimits)
-
-
-@dataclass
-class LookupResult:
-    """Outcome of one lookup."""
-
-    hit: bool
-    decision: Decision
-    lookup_id: str
-    response: str | None = None
-    similarity: float | None = None
-    entry_id: str | None = None
-    exploit_probability: float | None = None
-    degraded: str | None = None
-
-
-@dataclass
-class StoreResult:
-    """Outcome of one store."""
-
-    stored: bool
-    entry_id: str | None = None
-    evicted: int = 0
-    degraded: str | None = None
-
-
-@dataclass
-class FeedbackResult:
-    """Outcome of one feedback."""
-
-    correct: bool | None
-    entry_id: str | None
-    stored_entry_id: str | None
-    observations: int = 0
 
 
 def _client(url: str, timeout: float) -> Any:
@@ -127,12 +65,14 @@ class CacheService:
         self.embedder = embedder
         self.judge: Judge = judge or ExactMatchJudge()
         self.policy = VerifiedPolicy()
+        self.budgets = BudgetBook()  # per (namespace, delta): this replica's risk budget ("budget" rule)
         self.rng = random.Random(seed)
         self.fast: Any = _client(redis_url, self.config.op_timeout_s)
         self.main: Any = _client(redis_url, self.config.write_timeout_s)
         self.sync = MirrorSync(redis_url, self.keys, self.config.exact_max, self.config.ef_search)
         self.redis_url = redis_url
         self.sync.on_reconnect = self._fresh_clients
+        self.sync.on_nsdel = self.budgets.drop_namespace
         self._retired: set[asyncio.Task[None]] = set()
         self.local: dict[str, int] = {"degraded_lookups": 0, "dropped_stores": 0, "redis_errors": 0}
         self.started = False
@@ -194,9 +134,10 @@ class CacheService:
         return vec / norm if norm > 0 else vec
 
     def fit_for(self, entry: MirrorEntry) -> ThresholdFit | None:
-        """The fit that decides for ``entry``: its own once it has enough observations, else the prior."""
-        if entry.n_obs >= self.config.min_obs and entry.fit is not None:
-            return entry.fit
+        """The fit that decides for ``entry``: its group's once it has enough observations, else the prior."""
+        fit, n_obs = self.mirror.group_fit(entry.namespace, entry.group_id)
+        if n_obs >= self.config.min_obs and fit is not None and fit.usable:
+            return fit
         if self.config.use_prior:
             prior = self.mirror.priors.get(entry.namespace)
             if prior is not None and prior.n >= self.config.prior_min_obs:
@@ -245,15 +186,26 @@ class CacheService:
         decision: Decision = "miss"
         p_exploit: float | None = None
         fit: ThresholdFit | None = None
+        s = nb.similarity if nb is not None else -1.0
         if nb is not None:
-            s = nb.similarity
             fit = self.fit_for(nb.entry)
-            if policy == "static":
-                decision = "exploit" if s >= threshold else "miss"
-            elif s >= self.config.min_similarity:
-                # too few observations and no usable prior: always explore
-                p_exploit = 0.0 if fit is None else self.policy.exploit_probability(s, fit, max_error)
-                decision = "exploit" if self.rng.random() < p_exploit else "explore"
+        if policy == "static":
+            decision = "exploit" if nb is not None and s >= threshold else "miss"
+        elif self.config.adaptive_rule == "budget":
+            budget = self.budgets.get(namespace, max_error)
+            risk = None
+            if nb is not None and s >= self.config.min_similarity:
+                # no fit (too few observations, no prior): risk 1, never within the budget's cut
+                risk = 1.0 - self.policy.correct_lower_bound(s, fit)
+                decision = "explore"
+            if budget.decide(risk):
+                decision, p_exploit = "exploit", 1.0
+            elif risk is not None:
+                p_exploit = 0.0
+        elif nb is not None and s >= self.config.min_similarity:
+            # too few observations and no usable prior: always explore
+            p_exploit = 0.0 if fit is None else self.policy.exploit_probability(s, fit, max_error)
+            decision = "exploit" if self.rng.random() < p_exploit else "explore"
         k = self.keys
         pipe = self.fast.pipeline(transaction=False)
         record: dict[str, Any] = {"ns": namespace, "scope": scope, "dec": decision, "prompt": prompt}
@@ -327,14 +279,17 @@ class CacheService:
         scope: str,
         metadata: dict[str, Any] | None = None,
         ttl_s: int | None = None,
+        group: str | None = None,
     ) -> StoreResult:
-        """Store an already-embedded prompt (``scope`` is the scope hash)."""
+        """Store an already-embedded prompt (``scope`` is the scope hash) in answer group ``group``."""
         if not self.redis_ok:
             return self._drop_store("redis unavailable")
         ttl = ttl_s if ttl_s is not None else self.config.default_ttl_s
+        if group is None and self.config.group_by == "response":
+            group = response_group(response)
         try:
             eid, evicted = await self.sync.write_entry(
-                self.main, namespace, vec, prompt, response, scope, metadata, ttl, self.config
+                self.main, namespace, vec, prompt, response, scope, metadata, ttl, self.config, group
             )
         except _REDIS_ERRORS as exc:
             self._failed("store", exc)
@@ -387,6 +342,7 @@ class CacheService:
     async def delete_namespace(self, namespace: str) -> int:
         """Delete a namespace with all its entries and statistics; returns the entry count removed."""
         self._need_redis()
+        self.budgets.drop_namespace(namespace)
         try:
             return await self.sync.delete_namespace(self.main, namespace)
         except _REDIS_ERRORS as exc:

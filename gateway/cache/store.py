@@ -4,14 +4,22 @@ Keys (prefix ``dowse:cache``; namespaces are isolated by key prefix):
 
 - ``{p}:namespaces``            set of namespace names
 - ``{p}:ns:{ns}:e:{id}``         hash: prompt, response, scope, emb (float32 bytes), created, expires, ttl,
-                                 meta (JSON), fit (JSON list), nobs
-- ``{p}:ns:{ns}:o:{id}``         list of observations ``"s y"`` of that entry (same TTL as the entry)
+                                 meta (JSON), grp (answer group id)
+- ``{p}:ns:{ns}:g:{grp}``        hash of an answer group: fit (JSON list), nobs, members, forever
+- ``{p}:ns:{ns}:go:{grp}``       list of the group's observations ``"s y"`` (TTL: the longest-lived member
+                                 that got feedback; none once a member without TTL did)
 - ``{p}:ns:{ns}:ids``            sorted set id -> created (eviction order, rebuild listing)
 - ``{p}:ns:{ns}:pobs``           list of the namespace's recent observations (pooled prior)
 - ``{p}:ns:{ns}:prior``          JSON list: the pooled fit
 - ``{p}:ns:{ns}:stats``          hash of counters
 - ``{p}:l:{lookup_id}``          hash: a lookup awaiting feedback (TTL)
-- ``{p}:stream``                 change stream (put / del / fit / prior / nsdel) that keeps replicas in sync
+- ``{p}:stream``                 change stream (put / del / fit / prior / exp / nsdel) that keeps replicas
+                                 in sync (``fit`` names the group)
+
+An answer group is a set of entries that share observations and one threshold fit: with ``group_by =
+"response"`` the entries whose normalised responses are equal (``r`` + a hash of it), with ``"lineage"``
+an entry stored after a miss or a wrong explore starts a group (its own id) and one stored after a correct
+explore joins the group of the entry it was judged against.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.cache.judge import normalise
 from gateway.cache.mirror import MirrorEntry
 from gateway.cache.policy import ThresholdFit
 
@@ -55,9 +64,13 @@ class Keys:
         """Entry hash."""
         return f"{self.prefix}:ns:{ns}:e:{eid}"
 
-    def obs(self, ns: str, eid: str) -> str:
-        """Observation list of an entry."""
-        return f"{self.prefix}:ns:{ns}:o:{eid}"
+    def group(self, ns: str, grp: str) -> str:
+        """Answer group hash (fit, nobs, members)."""
+        return f"{self.prefix}:ns:{ns}:g:{grp}"
+
+    def group_obs(self, ns: str, grp: str) -> str:
+        """Observation list of an answer group."""
+        return f"{self.prefix}:ns:{ns}:go:{grp}"
 
     def ids(self, ns: str) -> str:
         """Sorted set of entry ids by creation time."""
@@ -109,12 +122,17 @@ def decode_obs(items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([float(p[0]) for p in pairs]), np.array([float(p[1]) for p in pairs])
 
 
-ENTRY_MIRROR_FIELDS = ("scope", "emb", "response", "expires", "fit", "nobs", "ttl")
+def response_group(response: str) -> str:
+    """Answer group id of a response under ``group_by = "response"``: a hash of its normalised text."""
+    return "r" + hashlib.sha256(normalise(response).encode()).hexdigest()[:31]
+
+
+ENTRY_MIRROR_FIELDS = ("scope", "emb", "response", "expires", "grp", "ttl")
 
 
 def entry_from_fields(ns: str, eid: str, vals: list[Any]) -> tuple[MirrorEntry, np.ndarray] | None:
     """Build a mirror entry from HMGET of :data:`ENTRY_MIRROR_FIELDS` (None if the hash is gone)."""
-    scope, emb, response, expires, fit, nobs, ttl = vals
+    scope, emb, response, expires, grp, ttl = vals
     if emb is None or response is None:
         return None
     vec = np.frombuffer(emb, dtype=np.float32).copy()
@@ -124,9 +142,8 @@ def entry_from_fields(ns: str, eid: str, vals: list[Any]) -> tuple[MirrorEntry, 
         scope=_s(scope or b""),
         response=_s(response),
         expires_at=float(_s(expires or b"0")),
-        fit=decode_fit(fit),
-        n_obs=int(_s(nobs or b"0")),
         ttl_s=int(_s(ttl or b"0")),
+        group=_s(grp or b""),
     )
     return entry, vec
 

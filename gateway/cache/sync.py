@@ -36,12 +36,42 @@ from gateway.cache.store import (
 log = logging.getLogger(__name__)
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
 _BLOCK_MS = 1000
+# group hash exists while it has members: only then record the fit (HSET would recreate it without a TTL)
 _SET_FIT_IF_EXISTS = """
 if redis.call('exists', KEYS[1]) == 1 then
   redis.call('hset', KEYS[1], 'fit', ARGV[1], 'nobs', ARGV[2])
   return 1
 end
 return 0
+"""
+# KEYS: group hash, group observations; ARGV: members increment, member TTL in ms (0 = none).
+# The group lives as long as its longest-lived member; a member without TTL makes it permanent.
+GROUP_TTL = """
+if tonumber(ARGV[1]) ~= 0 then redis.call('hincrby', KEYS[1], 'members', tonumber(ARGV[1])) end
+local ttl = tonumber(ARGV[2])
+if ttl <= 0 then
+  redis.call('hset', KEYS[1], 'forever', '1')
+  redis.call('persist', KEYS[1])
+  redis.call('persist', KEYS[2])
+elseif redis.call('exists', KEYS[1]) == 1 and redis.call('hget', KEYS[1], 'forever') ~= '1' then
+  for _, k in ipairs(KEYS) do
+    local cur = redis.call('pttl', k)
+    if cur ~= -2 and cur < ttl then redis.call('pexpire', k, ttl) end
+  end
+end
+return 1
+"""
+# KEYS: entry hash; ARGV: namespace key prefix. Deletes the entry and, with its last member, its group.
+_DROP_ENTRY = """
+local g = redis.call('hget', KEYS[1], 'grp')
+local n = redis.call('unlink', KEYS[1])
+if g and g ~= '' then
+  local gk = ARGV[1] .. ':g:' .. g
+  if redis.call('exists', gk) == 1 and redis.call('hincrby', gk, 'members', -1) <= 0 then
+    redis.call('unlink', gk, ARGV[1] .. ':go:' .. g)
+  end
+end
+return n
 """
 
 
@@ -69,6 +99,7 @@ class MirrorSync:
         self._wake = asyncio.Event()
         self._suspect = False
         self.on_reconnect: Callable[[], None] | None = None
+        self.on_nsdel: Callable[[str], None] | None = None  # another replica deleted a namespace
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -152,6 +183,7 @@ class MirrorSync:
                         fresh.put(*built)
             if gone:  # expired entries leave their id behind in the sorted set
                 await r.zrem(k.ids(ns), *gone)
+            await self._load_fits(fresh, ns)
         self.mirror = fresh
         self.last_id = start_id
         if (
@@ -161,6 +193,19 @@ class MirrorSync:
         self.rebuilds += 1
         self.ok = True
         self._tail = asyncio.create_task(self._tail_loop(), name="cache-stream-tail")
+
+    async def _load_fits(self, fresh: Mirror, ns: str) -> None:
+        """Read the fits of the answer groups of ``ns``'s mirrored entries."""
+        k, r = self.keys, self.client
+        groups = sorted({e.group_id for (n, _), e in fresh.entries.items() if n == ns})
+        for lo in range(0, len(groups), 1000):
+            chunk = groups[lo : lo + 1000]
+            pipe = r.pipeline(transaction=False)
+            for grp in chunk:
+                pipe.hmget(k.group(ns, grp), ["fit", "nobs"])
+            for grp, (fit, nobs) in zip(chunk, await pipe.execute(), strict=True):
+                if fit:
+                    fresh.set_fit(ns, grp, decode_fit(fit), int(nobs or b"0"))
 
     async def _tail_loop(self) -> None:
         try:
@@ -191,12 +236,13 @@ class MirrorSync:
                     ev["resp"],
                     float(ev.get("exp", 0) or 0),
                     ttl_s=int(ev.get("ttl", 0) or 0),
+                    group=ev.get("grp", ""),
                 )
                 m.put(entry, np.frombuffer(ev["emb"], dtype=np.float32).copy())
         elif op == "del":
             m.remove(ns, ev["id"])
-        elif op == "fit":
-            m.set_fit(ns, ev["id"], decode_fit(ev.get("fit")), int(ev.get("nobs", 0)))
+        elif op == "fit" and "grp" in ev:
+            m.set_fit(ns, ev["grp"], decode_fit(ev.get("fit")), int(ev.get("nobs", 0)))
         elif op == "exp":
             touched = m.get(ns, ev["id"])
             if touched is not None:
@@ -207,6 +253,8 @@ class MirrorSync:
                 m.priors[ns] = fit
         elif op == "nsdel":
             m.drop_namespace(ns)
+            if self.on_nsdel is not None:
+                self.on_nsdel(ns)
 
     def _xadd(self, pipe: Any, fields: dict[str, Any], maxlen: int) -> None:
         pipe.xadd(self.keys.stream, fields, maxlen=maxlen, approximate=True)
@@ -223,10 +271,12 @@ class MirrorSync:
         metadata: dict[str, Any] | None,
         ttl_s: int | None,
         config: Any,
+        group: str | None = None,
     ) -> tuple[str, int]:
-        """Write an entry durably (MULTI), mirror it, evict the oldest beyond the cap."""
+        """Write an entry durably (MULTI) into answer group ``group`` (None: its own), mirror it, evict."""
         k = self.keys
         eid = uuid.uuid4().hex
+        grp = group or eid
         now = time.time()
         expires = now + ttl_s if ttl_s else 0.0
         emb = np.ascontiguousarray(vec, dtype=np.float32).tobytes()
@@ -239,24 +289,24 @@ class MirrorSync:
             "expires": f"{expires:.6f}",
             "ttl": str(ttl_s or 0),
             "meta": json.dumps(metadata or {}, default=str),
-            "fit": "",
-            "nobs": "0",
+            "grp": grp,
         }
         pipe = r.pipeline(transaction=True)
         pipe.hset(k.entry(ns, eid), mapping=fields)
         if ttl_s:
             pipe.expire(k.entry(ns, eid), ttl_s)
+        pipe.eval(GROUP_TTL, 2, k.group(ns, grp), k.group_obs(ns, grp), "1", str(1000 * (ttl_s or 0)))
         pipe.zadd(k.ids(ns), {eid: now})
         pipe.sadd(k.namespaces, ns)
         pipe.hincrby(k.stats(ns), "stores", 1)
-        event = {"op": "put", "ns": ns, "id": eid, "scope": scope, "emb": emb, "resp": response}
+        event = {"op": "put", "ns": ns, "id": eid, "scope": scope, "emb": emb, "resp": response, "grp": grp}
         event["exp"] = f"{expires:.6f}"
         event["ttl"] = str(ttl_s or 0)
         self._xadd(pipe, event, config.stream_maxlen)
         pipe.zcard(k.ids(ns))
         res = await pipe.execute()
         self.mirror.put(
-            MirrorEntry(eid, ns, scope, response, expires, ttl_s=ttl_s or 0),
+            MirrorEntry(eid, ns, scope, response, expires, ttl_s=ttl_s or 0, group=grp),
             np.frombuffer(emb, np.float32).copy(),
         )
         size = int(res[-1])
@@ -271,7 +321,7 @@ class MirrorSync:
         pipe = r.pipeline(transaction=True)
         ids = [m.decode() for m, _score in popped]
         for eid in ids:
-            pipe.unlink(k.entry(ns, eid), k.obs(ns, eid))
+            pipe.eval(_DROP_ENTRY, 1, k.entry(ns, eid), k.ns(ns))
             self._xadd(pipe, {"op": "del", "ns": ns, "id": eid}, config.stream_maxlen)
         pipe.hincrby(k.stats(ns), "evictions", len(ids))
         await pipe.execute()
@@ -284,7 +334,7 @@ class MirrorSync:
         k = self.keys
         pipe = r.pipeline(transaction=True)
         pipe.zrem(k.ids(ns), eid)
-        pipe.unlink(k.entry(ns, eid), k.obs(ns, eid))
+        pipe.eval(_DROP_ENTRY, 1, k.entry(ns, eid), k.ns(ns))
         pipe.xadd(k.stream, {"op": "del", "ns": ns, "id": eid}, maxlen=1_000_000, approximate=True)
         res = await pipe.execute()
         was_mirrored = self.mirror.remove(ns, eid)
@@ -317,7 +367,15 @@ class MirrorSync:
             return
         expires = time.time() + ttl
         pipe.expire(k.entry(entry.namespace, entry.id), ttl)
-        pipe.expire(k.obs(entry.namespace, entry.id), ttl)
+        grp = entry.group_id
+        pipe.eval(
+            GROUP_TTL,
+            2,
+            k.group(entry.namespace, grp),
+            k.group_obs(entry.namespace, grp),
+            "0",
+            str(1000 * ttl),
+        )
         pipe.hset(k.entry(entry.namespace, entry.id), "expires", f"{expires:.6f}")
         self._xadd(
             pipe,
@@ -326,21 +384,20 @@ class MirrorSync:
         )
         entry.expires_at = expires
 
-    async def publish_fit(self, r: Any, ns: str, eid: str, fit: ThresholdFit | None, n_obs: int) -> None:
-        """Persist an entry's refitted parameters and tell the other replicas."""
+    async def publish_fit(self, r: Any, ns: str, grp: str, fit: ThresholdFit | None, n_obs: int) -> None:
+        """Persist an answer group's refitted parameters and tell the other replicas."""
         k = self.keys
         payload = encode_fit(fit)
         pipe = r.pipeline(transaction=True)
-        # only while the entry exists (HSET would recreate an expired or deleted hash without its TTL)
-        pipe.eval(_SET_FIT_IF_EXISTS, 1, k.entry(ns, eid), payload, str(n_obs))
+        pipe.eval(_SET_FIT_IF_EXISTS, 1, k.group(ns, grp), payload, str(n_obs))
         pipe.xadd(
             k.stream,
-            {"op": "fit", "ns": ns, "id": eid, "fit": payload, "nobs": str(n_obs)},
+            {"op": "fit", "ns": ns, "grp": grp, "fit": payload, "nobs": str(n_obs)},
             maxlen=1_000_000,
             approximate=True,
         )
         await pipe.execute()
-        self.mirror.set_fit(ns, eid, fit, n_obs)
+        self.mirror.set_fit(ns, grp, fit, n_obs)
 
     async def publish_prior(self, r: Any, ns: str, fit: ThresholdFit) -> None:
         """Persist a namespace's pooled fit and tell the other replicas."""

@@ -56,7 +56,10 @@ async def test_store_lookup_and_isolation(clean_redis: str) -> None:
 
 
 async def test_adaptive_explores_new_entries_then_learns(clean_redis: str) -> None:
-    svc = await _service(clean_redis, min_obs=3, use_prior=False)
+    # the vCache rule (randomised), without storing correct explores: one entry learns from its own feedback
+    svc = await _service(
+        clean_redis, min_obs=3, use_prior=False, adaptive_rule="vcache", store_on_correct_explore=False
+    )
     try:
         await svc.store("ns", "q", "A")
         first = await svc.lookup("ns", "q#1", max_error=0.05)
@@ -79,7 +82,9 @@ async def test_adaptive_explores_new_entries_then_learns(clean_redis: str) -> No
         assert probs[0] == 0.0 and probs[-1] > 0.1 and probs[-1] > probs[5] > 0.05
         assert "exploit" in decisions
         entry = svc.mirror.get("ns", next(iter(svc.mirror.entries))[1])
-        assert entry is not None and entry.fit is not None and entry.n_obs >= 3
+        assert entry is not None
+        fit, n_obs = svc.mirror.group_fit("ns", entry.group_id)
+        assert fit is not None and n_obs >= 3
         # a wrong answer is recorded and stored as its own entry
         res = await svc.lookup("ns", "q#99", policy="static", threshold=0.5)
         fb = await svc.feedback(res.lookup_id, "B")
@@ -104,7 +109,7 @@ async def test_two_replicas_see_each_others_writes(clean_redis: str) -> None:
 
         async def a_has_obs() -> bool:
             e = a.mirror.get("shared", st.entry_id or "")
-            return e is not None and e.n_obs == 1
+            return e is not None and a.mirror.group_fit("shared", e.group_id)[1] == 1
 
         await _eventually(a_has_obs)
         assert await b.delete_entry("shared", st.entry_id or "")
@@ -160,4 +165,63 @@ async def test_feedback_by_entry_id_and_prompt(clean_redis: str) -> None:
         fb = await svc.feedback_entry("fe", st.entry_id or "", "rome#3", "italy.")
         assert fb.correct is True and fb.observations == 1
     finally:
+        await svc.close()
+
+
+async def test_budget_rule_groups_learn_and_stay_within_budget(clean_redis: str) -> None:
+    svc = await _service(clean_redis, min_obs=3, use_prior=False)  # defaults: budget rule, response groups
+    try:
+        first = (await svc.store("ns", "q", "A")).entry_id or ""
+        decisions = []
+        for i in range(1, 60):
+            res = await svc.lookup("ns", f"q#{i}", max_error=0.2)
+            decisions.append(res.decision)
+            assert res.exploit_probability == (1.0 if res.decision == "exploit" else 0.0)
+            if res.decision != "exploit":
+                fb = await svc.feedback(res.lookup_id, "A")
+                assert fb.correct is True and fb.stored_entry_id is not None  # correct explores are stored
+        assert decisions[0] == "explore" and "exploit" in decisions
+        rb = svc.budgets.get("ns", 0.2)
+        assert rb.lookups == 59 and rb.spent <= 0.2 * rb.lookups
+        # every entry answering "A" shares one group: its observations and its fit
+        grp = svc.mirror.get("ns", first).group_id  # type: ignore[union-attr]
+        assert {e.group_id for e in svc.mirror.entries.values()} == {grp}
+        fit, n_obs = svc.mirror.group_fit("ns", grp)
+        assert fit is not None and n_obs == decisions.count("explore")
+        # a wrong answer starts another group; a restarted replica reads the group fits back
+        res = await svc.lookup("ns", "q#99", policy="static", threshold=0.5)
+        fb = await svc.feedback(res.lookup_id, "B")
+        assert fb.correct is False and svc.mirror.get("ns", fb.stored_entry_id or "").group_id != grp  # type: ignore[union-attr]
+        again = await _service(clean_redis)
+        try:
+            assert again.mirror.group_fit("ns", grp)[1] == n_obs + 1  # the wrong one counts too
+        finally:
+            await again.close()
+    finally:
+        await svc.close()
+
+
+async def test_lineage_groups_ttl_and_cleanup(clean_redis: str) -> None:
+    svc = await _service(clean_redis, group_by="lineage", use_prior=False)
+    r = aioredis.Redis.from_url(clean_redis)
+    try:
+        root = (await svc.store("lg", "q", "A", ttl_s=30)).entry_id or ""
+        res = await svc.lookup("lg", "q#1")
+        fb = await svc.feedback(res.lookup_id, "A")
+        child = fb.stored_entry_id or ""
+        assert svc.mirror.get("lg", child).group_id == root  # type: ignore[union-attr]
+        # the group's keys live as long as their longest-lived member (30 s here; the child has no TTL)
+        gkey, okey = svc.keys.group("lg", root), svc.keys.group_obs("lg", root)
+        assert await r.ttl(gkey) == -1 and await r.ttl(okey) == -1 and await r.llen(okey) == 1
+        res = await svc.lookup("lg", "q#2", policy="static", threshold=0.5)
+        fb = await svc.feedback(res.lookup_id, "B")
+        other = fb.stored_entry_id or ""
+        assert svc.mirror.get("lg", other).group_id == other  # type: ignore[union-attr]
+        ttl_only = (await svc.store("lg", "z", "Z", ttl_s=30)).entry_id or ""
+        assert 0 < await r.ttl(svc.keys.group("lg", ttl_only)) <= 30
+        # deleting the last member removes the group
+        assert await svc.delete_entry("lg", root) and await r.exists(gkey)
+        assert await svc.delete_entry("lg", child) and not await r.exists(gkey) and not await r.exists(okey)
+    finally:
+        await r.aclose()
         await svc.close()

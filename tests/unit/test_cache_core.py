@@ -9,8 +9,9 @@ from embedder.client import EmbedResult
 from embedder.errors import Conflict, InvalidInput, TooLarge
 from gateway.cache.judge import EmbeddingJudge, ExactMatchJudge, normalise
 from gateway.cache.mirror import Mirror, MirrorEntry, VectorGroup
+from gateway.cache.policy import BudgetBook, RiskBudget, VerifiedPolicy, fit_threshold, fit_with_prior
 from gateway.cache.service import CacheConfig
-from gateway.cache.store import decode_obs, encode_obs, scope_hash
+from gateway.cache.store import decode_obs, encode_obs, response_group, scope_hash
 from gateway.cache.validate import CacheLimits, check_policy, check_text
 
 
@@ -145,3 +146,88 @@ def test_validation_names_field_and_limit() -> None:
     with pytest.raises(InvalidInput) as e7:
         lim.check_ttl(0)
     assert e7.value.field == "ttl_s"
+
+
+def test_risk_budget_hand_built_sequence() -> None:
+    rb = RiskBudget(0.1)
+    # L=1 no neighbour; L=2 no past risk (cut 0); L=3 budget 0.3 < past 0.5 (cut 0); L=4 budget 0.4 covers
+    # the past 0.05 (cut ~0.05); L=5 cut still ~0.05; L=6 0.9 above the cut; L=7 ...; L=8 0.3 <= cut
+    seq = [None, 0.5, 0.05, 0.05, 0.05, 0.9, 0.05, 0.3]
+    assert [rb.decide(r) for r in seq] == [False, False, False, True, True, False, True, True]
+    assert rb.lookups == 8 and rb.spent == pytest.approx(0.45) and rb.spent <= 0.1 * rb.lookups
+    # past risks 0.05 x4 + 0.3 = 0.5 <= 0.1 * 8, adding 0.5 (1.0) and 0.9 would not fit: cut at 0.3's bin
+    assert 0.3 <= rb.cut() < 0.31
+    with pytest.raises(ValueError):
+        RiskBudget(1.0)
+
+
+def test_risk_budget_never_overspends_and_prefers_low_risk() -> None:
+    rng = np.random.default_rng(0)
+    for delta in (0.01, 0.05):
+        rb = RiskBudget(delta)
+        served, seen = [], []
+        for _ in range(5000):
+            r = float(rng.beta(0.5, 3.0)) if rng.random() < 0.9 else None
+            seen += [] if r is None else [r]
+            if rb.decide(r):
+                served.append(r)
+            assert rb.spent <= delta * rb.lookups + 1e-12
+        # the low-risk lookups are served: well below the mean risk, and most of the budget is used
+        assert served and np.mean(served) < 0.6 * np.mean(seen)
+        assert max(served[len(served) // 2 :]) <= 1.2 * rb.cut()  # once the cut has settled
+        assert rb.spent > 0.8 * delta * rb.lookups
+        assert sum(served) == pytest.approx(rb.spent)
+    # a constant risk of 2 delta: about half the lookups can be served
+    rb = RiskBudget(0.01)
+    n = sum(rb.decide(0.02) for _ in range(2000))
+    assert 900 <= n <= 1000
+    # no evidence (risk 1) is never served, even with budget to spare
+    rb = RiskBudget(0.5)
+    assert not any(rb.decide(1.0) for _ in range(50))
+
+
+def test_budget_book_keys_and_capacity() -> None:
+    book = BudgetBook(capacity=2)
+    a = book.get("ns", 0.02)
+    assert book.get("ns", 0.02) is a and book.get("ns", 0.05) is not a
+    book.get("other", 0.02)  # evicts the least recently used ("ns", 0.02)
+    assert len(book) == 2 and book.get("ns", 0.02) is not a
+    book.drop_namespace("ns")
+    assert len(book) == 1
+
+
+def test_vcache_rule_probability() -> None:
+    vp = VerifiedPolicy()
+    fit = fit_threshold([0.9] * 20 + [0.5] * 20, [1.0] * 20 + [0.0] * 20)
+    assert fit is not None and fit.usable
+    hi, lo = vp.correct_lower_bound(0.95, fit), vp.correct_lower_bound(0.6, fit)
+    assert 0.0 <= lo < hi < 1.0
+    assert vp.exploit_probability(0.6, None, 0.05) == pytest.approx(0.05)  # no evidence: delta
+    assert vp.exploit_probability(0.95, fit, 0.05) == pytest.approx(min(1.0, 0.05 / (1 - hi)))
+
+
+def test_response_group_uses_the_judges_normalisation() -> None:
+    assert response_group("Card_Arrival ") == response_group("card_arrival.")
+    assert response_group("card_arrival") != response_group("card_linking")
+
+
+def test_fit_with_prior_shrinks_small_groups() -> None:
+    rng = np.random.default_rng(3)
+    ps = rng.uniform(0.5, 1.0, 2000)
+    py = (rng.random(2000) < 1 / (1 + np.exp(-30 * (ps - 0.85)))).astype(float)
+    pooled = fit_threshold(ps, py)
+    own_s, own_y = np.array([0.99, 0.98, 0.97]), np.ones(3)
+    alone, shrunk = fit_threshold(own_s, own_y), fit_with_prior(own_s, own_y, ps, py, 5.0)
+    assert pooled is not None and alone is not None and shrunk is not None
+    assert shrunk.n == 3 and alone.separated  # three agreeing labels alone: Firth fallback, loose
+    assert abs(shrunk.t - pooled.t) < abs(alone.t - pooled.t)  # pulled towards the namespace's fit
+    assert fit_with_prior(own_s, own_y, ps, py, 0.0) == alone
+
+
+def test_mirror_put_of_the_same_entry_keeps_one_row() -> None:
+    v = _unit(np.random.default_rng(4), 1)[0]
+    m = Mirror()
+    m.put(_entry("e0"), v)
+    m.put(_entry("e0"), v)  # an own write and its stream event, in either order
+    group = m.groups[("a", "")]
+    assert len(group.row_ids) == 1 and group.live == 1 and m.count("a") == 1

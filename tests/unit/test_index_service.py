@@ -105,6 +105,40 @@ async def test_chunks_per_chunk_and_per_document(tmp_path: Path) -> None:
     await svc.close()
 
 
+async def test_texts_limits_which_hits_carry_their_document(tmp_path: Path) -> None:
+    svc = await make_service(tmp_path)
+    await svc.create_collection("c", model="fake", chunk_tokens=32, chunk_overlap=4)
+    long_text = " ".join(f"w{i}" for i in range(200))
+    await svc.upsert("c", [{"id": "long", "title": "T", "text": long_text}, *make_docs(30)])
+    fake = svc.embedder
+    assert isinstance(fake, FakeEmbedder)
+    q = fake.encode(["w150 w151 w152 w153"])[0]
+    for _ in range(2):  # the second round answers id-only hits from the key caches
+        full = await svc.search_dense("c", q, 10)
+        some = await svc.search_dense("c", q, 10, texts=3)
+        none = await svc.search_dense("c", q, 10, texts=0)
+        assert [(h.id, h.score, h.chunk) for h in some] == [(h.id, h.score, h.chunk) for h in full]
+        assert [(h.id, h.chunk) for h in none] == [(h.id, h.chunk) for h in full]
+        assert [(h.title, h.text, h.metadata) for h in some[:3]] == [
+            (h.title, h.text, h.metadata) for h in full[:3]
+        ]
+        assert all(h.text == h.title == "" and h.metadata == {} for h in some[3:] + none)
+        chunks = await svc.search_dense("c", q, 4, per_chunk=True, texts=1)
+        assert chunks[0].id == "long" and "w151" in chunks[0].text and chunks[0].text != long_text
+        assert all(h.text == "" for h in chunks[1:])
+        lex_full = await svc.search_lexical("c", "protein cell", 10)
+        lex = await svc.search_lexical("c", "protein cell", 10, texts=2)
+        assert [(h.id, h.score) for h in lex] == [(h.id, h.score) for h in lex_full]
+        assert [h.text for h in lex[:2]] == [h.text for h in lex_full[:2]] and lex[0].text
+        assert all(h.text == "" and h.metadata == {} for h in lex[2:])
+    # a deleted document never comes back from the key caches
+    await svc.delete("c", ["long"])
+    assert all(h.id != "long" for h in await svc.search_dense("c", q, 10, texts=0))
+    with pytest.raises(InvalidInput):
+        await svc.search_dense("c", q, 10, texts=-1)
+    await svc.close()
+
+
 @pytest.mark.parametrize(
     "index",
     [

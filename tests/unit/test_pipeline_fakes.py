@@ -110,7 +110,9 @@ class FakeIndexer:
             ids = [i for i in ids if META.get(i, {}).get(key) == cond]
         return ids
 
-    def _hit(self, i: str, score: float) -> Hit:
+    def _hit(self, i: str, score: float, with_text: bool = True) -> Hit:
+        if not with_text:  # the real indexer's contract: ids and scores only past the first ``texts``
+            return Hit(id=i, score=score)
         return Hit(id=i, score=score, title=DOCS[i][0], text=DOCS[i][1], metadata=META.get(i, {}))
 
     async def collection_info(self, name: str) -> dict[str, Any]:
@@ -119,7 +121,12 @@ class FakeIndexer:
         return {"name": name, "model": "fake-model", "dims": 16, "query_prompt": "query", "prompt": "passage"}
 
     async def search_dense(
-        self, name: str, vector: np.ndarray, k: int, filters: dict[str, Any] | None = None
+        self,
+        name: str,
+        vector: np.ndarray,
+        k: int,
+        filters: dict[str, Any] | None = None,
+        texts: int | None = None,
     ) -> list[Hit]:
         self._check(name)
         if self.dense_delay_s:
@@ -127,10 +134,15 @@ class FakeIndexer:
         ids = self._filter(filters)
         scored = [(i, float(_vec(f"{DOCS[i][0]} {DOCS[i][1]}") @ vector)) for i in ids]
         scored.sort(key=lambda x: (-x[1], x[0]))
-        return [self._hit(i, s) for i, s in scored[:k]]
+        return [self._hit(i, s, texts is None or n < texts) for n, (i, s) in enumerate(scored[:k])]
 
     async def search_lexical(
-        self, name: str, query: str, k: int, filters: dict[str, Any] | None = None
+        self,
+        name: str,
+        query: str,
+        k: int,
+        filters: dict[str, Any] | None = None,
+        texts: int | None = None,
     ) -> list[Hit]:
         self._check(name)
         if self.lexical_delay_s:
@@ -141,7 +153,7 @@ class FakeIndexer:
         scored = [(i, float(len(q & set(DOCS[i][1].split())))) for i in self._filter(filters)]
         scored = [x for x in scored if x[1] > 0]
         scored.sort(key=lambda x: (-x[1], x[0]))
-        return [self._hit(i, s) for i, s in scored[:k]]
+        return [self._hit(i, s, texts is None or n < texts) for n, (i, s) in enumerate(scored[:k])]
 
     async def get_documents(self, name: str, ids: list[str]) -> list[dict[str, Any]]:
         self._check(name)
