@@ -505,8 +505,12 @@ class IndexerService:
         batch_size: int = 64,
         on_progress: Any = None,
         progress: Progress | None = None,
+        retry_s: float = 600.0,
     ) -> Progress:
-        """The ingest loop used by jobs and ``dowse index`` (foreground)."""
+        """The ingest loop used by jobs and ``dowse index`` (foreground).
+
+        Transient embedder errors (not ready, overloaded, unreachable) are retried with backoff for up to
+        ``retry_s`` seconds per batch before the ingest fails."""
         coll = self._get(name)
         fmt = detect_format(path, fmt)
         prog = progress or Progress()
@@ -517,7 +521,21 @@ class IndexerService:
             return await asyncio.to_thread(coll.store.existing_ids, ids)
 
         async def upsert(docs: list[dict[str, Any]]) -> Any:
-            return await self.upsert(name, docs)
+            # A batch is one transaction (all or nothing), so a transient embedder outage (still loading,
+            # restarting, overloaded) is waited out and the batch retried, within ``retry_s``.
+            delay, waited = 0.5, 0.0
+            while True:
+                try:
+                    return await self.upsert(name, docs)
+                except DowseError as exc:
+                    if exc.type not in _TRANSIENT or waited >= retry_s:
+                        raise
+                    log.warning(
+                        "ingest into %s waits for the embedder (%s); retry in %.1f s", name, exc, delay
+                    )
+                    await asyncio.sleep(delay)
+                    waited += delay
+                    delay = min(delay * 2, 10.0)
 
         return await ingest(
             path,
@@ -579,6 +597,9 @@ class IndexerService:
         """All jobs of a collection, newest first."""
         coll = self._get(name)
         return await asyncio.to_thread(coll.store.jobs)
+
+
+_TRANSIENT = ("not_ready", "overloaded", "dependency_failed")
 
 
 def name_alias(model: str) -> str:

@@ -425,6 +425,41 @@ async def test_ingest_jobs_resume_and_report_bad_records(tmp_path: Path) -> None
     await svc.close()
 
 
+async def test_ingest_job_waits_out_an_embedder_that_is_still_loading(tmp_path: Path) -> None:
+    from embedder.errors import NotReady
+
+    class LoadingEmbedder(FakeEmbedder):
+        """Answers NotReady for its first three embed calls (a service still loading its models)."""
+
+        async def embed(self, texts: list[str], **kw: Any) -> Any:
+            self.calls += 1
+            if self.calls <= 3:
+                raise NotReady("embedder models are still loading", field="model")
+            return await super().embed(texts, **kw)
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": d["id"], "text": d["text"]}) + "\n" for d in make_docs(12)))
+    svc = await make_service(tmp_path / "data", LoadingEmbedder())
+    await svc.create_collection("c", model="fake")
+    job = await svc.start_job("c", corpus)
+    for _ in range(400):
+        state = await svc.job("c", job["id"])
+        if state["status"] not in ("queued", "running"):
+            break
+        await asyncio.sleep(0.05)
+    assert state["status"] == "completed" and state["done"] == 12, state
+    # a lasting outage still fails the ingest once the retry budget is spent
+    svc.embedder.calls = 0  # type: ignore[attr-defined]
+    with pytest.raises(NotReady):
+        await svc.run_ingest("c", _rewrite(corpus, tmp_path / "more.jsonl", "m"), retry_s=0.0)
+    await svc.close()
+
+
+def _rewrite(src: Path, dest: Path, prefix: str) -> Path:
+    dest.write_text(src.read_text().replace('"_id": "d', f'"_id": "{prefix}'))
+    return dest
+
+
 async def test_csv_and_parquet_ingest(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
