@@ -27,18 +27,53 @@ from embedder.registry import UnknownModel, canonical_name
 log = logging.getLogger(__name__)
 
 
-def error_from_response(resp: httpx.Response) -> DowseError:
-    """The DowseError a non-2xx embedder response stands for."""
+def error_from_response(
+    resp: httpx.Response, service: str = "embedder", unknown: type[DowseError] = InvalidInput
+) -> DowseError:
+    """The DowseError a non-2xx response of a Dowse ``service`` stands for.
+
+    5xx -> DependencyFailed; a 4xx maps back by the body's error type, else by its status, else ``unknown``.
+    """
     try:
         err = resp.json().get("error") or {}
     except (ValueError, AttributeError):
         err = {}
-    message = str(err.get("message") or f"embedder answered HTTP {resp.status_code}")
+    message = str(err.get("message") or f"{service} answered HTTP {resp.status_code}")
     field, limit = err.get("field"), err.get("limit")
     if resp.status_code >= 500:
-        return DependencyFailed(f"embedder failed (HTTP {resp.status_code}): {message}", field="embedder")
-    cls = category_for_type(str(err.get("type"))) or category_for_status(resp.status_code) or InvalidInput
+        return DependencyFailed(f"{service} failed (HTTP {resp.status_code}): {message}", field=service)
+    cls = category_for_type(str(err.get("type"))) or category_for_status(resp.status_code) or unknown
     return cls(message, field=field, limit=limit)
+
+
+async def request_json(
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    json: Any = None,
+    *,
+    service: str,
+    unknown: type[DowseError] = InvalidInput,
+) -> Any:
+    """One JSON call to a Dowse ``service``.
+
+    Transport failures, timeouts, 5xx and invalid JSON become DependencyFailed (``field`` = the service);
+    a 4xx becomes the matching DowseError (see :func:`error_from_response`).
+    """
+    try:
+        resp = await client.request(method, path, json=json)
+    except httpx.TimeoutException as exc:
+        raise DependencyFailed(f"{service} timed out on {path}", field=service) from exc
+    except httpx.HTTPError as exc:
+        raise DependencyFailed(
+            f"{service} unreachable at {client.base_url}: {type(exc).__name__}", field=service
+        ) from exc
+    if resp.status_code >= 300:
+        raise error_from_response(resp, service, unknown)
+    try:
+        return resp.json()
+    except ValueError as exc:
+        raise DependencyFailed(f"{service} sent invalid JSON on {path}", field=service) from exc
 
 
 class HttpEmbedderClient:
@@ -52,20 +87,7 @@ class HttpEmbedderClient:
         self._info: dict[str, Any] | None = None
 
     async def _request(self, method: str, path: str, json: Any = None) -> Any:
-        try:
-            resp = await self._client.request(method, path, json=json)
-        except httpx.TimeoutException as exc:
-            raise DependencyFailed(f"embedder timed out on {path}", field="embedder") from exc
-        except httpx.HTTPError as exc:
-            raise DependencyFailed(
-                f"embedder unreachable at {self.base_url}: {type(exc).__name__}", field="embedder"
-            ) from exc
-        if resp.status_code >= 300:
-            raise error_from_response(resp)
-        try:
-            return resp.json()
-        except ValueError as exc:
-            raise DependencyFailed(f"embedder sent invalid JSON on {path}", field="embedder") from exc
+        return await request_json(self._client, method, path, json, service="embedder")
 
     async def embed(
         self,

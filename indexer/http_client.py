@@ -9,7 +9,8 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
-from embedder.errors import DependencyFailed, category_for_status
+from embedder.errors import DependencyFailed
+from embedder.http_client import request_json
 from indexer.client import Hit
 
 
@@ -23,25 +24,9 @@ class HttpIndexerClient:
         self._client = client or httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
 
     async def _call(self, method: str, path: str, json: Any = None) -> Any:
-        try:
-            resp = await self._client.request(method, path, json=json)
-        except httpx.TimeoutException as exc:
-            raise DependencyFailed(f"indexer timed out: {type(exc).__name__}", field="indexer") from exc
-        except httpx.HTTPError as exc:
-            raise DependencyFailed(f"indexer unreachable: {type(exc).__name__}", field="indexer") from exc
-        if resp.status_code < 400:
-            return resp.json()
-        try:
-            err = resp.json().get("error", {})
-        except ValueError:
-            err = {}
-        cls = category_for_status(resp.status_code)
-        if cls is None:  # 5xx and anything unexpected: the dependency failed
-            raise DependencyFailed(f"indexer answered HTTP {resp.status_code}", field="indexer")
-        raise cls(
-            str(err.get("message") or f"indexer HTTP {resp.status_code}"),
-            field=err.get("field"),
-            limit=err.get("limit"),
+        # an unexpected 4xx (no Dowse category) is the indexer's fault, not the caller's
+        return await request_json(
+            self._client, method, path, json, service="indexer", unknown=DependencyFailed
         )
 
     async def collection_info(self, name: str) -> dict[str, Any]:

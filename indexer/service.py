@@ -12,8 +12,9 @@ import math
 import shutil
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -523,19 +524,7 @@ class IndexerService:
         async def upsert(docs: list[dict[str, Any]]) -> Any:
             # A batch is one transaction (all or nothing), so a transient embedder outage (still loading,
             # restarting, overloaded) is waited out and the batch retried, within ``retry_s``.
-            delay, waited = 0.5, 0.0
-            while True:
-                try:
-                    return await self.upsert(name, docs)
-                except DowseError as exc:
-                    if exc.type not in _TRANSIENT or waited >= retry_s:
-                        raise
-                    log.warning(
-                        "ingest into %s waits for the embedder (%s); retry in %.1f s", name, exc, delay
-                    )
-                    await asyncio.sleep(delay)
-                    waited += delay
-                    delay = min(delay * 2, 10.0)
+            return await retry_transient(lambda: self.upsert(name, docs), f"ingest into {name}", retry_s)
 
         return await ingest(
             path,
@@ -600,6 +589,30 @@ class IndexerService:
 
 
 _TRANSIENT = ("not_ready", "overloaded", "dependency_failed")
+T = TypeVar("T")
+
+
+async def retry_transient(
+    call: Callable[[], Awaitable[T]],
+    what: str,
+    retry_s: float | None = None,
+    transient: tuple[str, ...] = _TRANSIENT,
+) -> T:
+    """Await ``call()``, retrying DowseErrors of a ``transient`` type with backoff (0.5 s doubling to 10 s).
+
+    ``retry_s``: give up (re-raise) once this many seconds were spent waiting; None waits for ever.
+    """
+    delay, waited = 0.5, 0.0
+    while True:
+        try:
+            return await call()
+        except DowseError as exc:
+            if exc.type not in transient or (retry_s is not None and waited >= retry_s):
+                raise
+            log.warning("%s waits for a dependency (%s); retry in %.1f s", what, exc, delay)
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 10.0)
 
 
 def name_alias(model: str) -> str:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from embedder.errors import DowseError, InvalidInput, NotFound
 from indexer.client import Hit
 from indexer.inprocess import InProcessIndexerClient
-from indexer.service import MAX_K, IndexerService
+from indexer.service import MAX_K, IndexerService, retry_transient
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/collections", tags=["indexer"])
@@ -269,17 +269,15 @@ async def start(app: FastAPI, settings: Any) -> None:
 
 async def _demo(svc: IndexerService, corpus: Path, model: str) -> None:
     """Index a BEIR corpus into collection 'demo' once the embedder answers; resumes a partial ingest."""
-    delay = 0.5
-    while True:
-        try:
-            await svc.create_collection(DEMO_COLLECTION, model=model, exist_ok=True)
-            break
-        except DowseError as exc:  # embedder still loading / unreachable: retry
-            if exc.type not in ("not_ready", "dependency_failed"):
-                log.error("demo collection not created: %s", exc.message)
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    try:  # embedder still loading / unreachable: retry until it answers
+        await retry_transient(
+            lambda: svc.create_collection(DEMO_COLLECTION, model=model, exist_ok=True),
+            "demo collection",
+            transient=("not_ready", "dependency_failed"),
+        )
+    except DowseError as exc:
+        log.error("demo collection not created: %s", exc.message)
+        return
     job = await svc.start_job(DEMO_COLLECTION, corpus)
     log.info("demo ingest of %s started as job %s", corpus, job["id"])
 
