@@ -11,10 +11,8 @@ import logging
 import math
 import shutil
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -27,27 +25,26 @@ from indexer.errors import (
     CollectionExists,
     CollectionNotFound,
     CollectionNotReady,
-    DocumentTooLarge,
     InvalidCollectionSpec,
-    InvalidDocument,
-    JobNotFound,
     ManifestMismatch,
 )
 from indexer.filters import compile_filters
-from indexer.ingest import Progress, count_records, detect_format, ingest
+from indexer.jobs import IngestJobs
 from indexer.manifest import ANALYZERS, METRICS, IndexSpec, Manifest, validate_name
 from indexer.store import PreparedDoc
+from indexer.validate import (
+    MAX_QUERY_CHARS,
+    check_ids,
+    check_k,
+    check_texts,
+    validate_batch,
+    validate_document,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_K = 1000
-MAX_ID_CHARS = 512
-MAX_TITLE_CHARS = 4096
-MAX_METADATA_BYTES = 65_536
-MAX_QUERY_CHARS = 10_000
 
-
-class IndexerService:
+class IndexerService(IngestJobs):
     """All collections under ``data_dir/collections``; embeds documents through ``embedder``."""
 
     def __init__(
@@ -223,66 +220,7 @@ class IndexerService:
     # ---- documents ----------------------------------------------------------------------------
     def validate_document(self, doc: Any, where: str | int) -> None:
         """Check one ``{id, title, text, metadata}``; raises InvalidDocument / DocumentTooLarge."""
-        f = f"documents[{where}]"
-        if not isinstance(doc, dict):
-            raise InvalidDocument(f"{f} must be an object", field=f)
-        doc_id = doc.get("id")
-        if not isinstance(doc_id, str) or not doc_id.strip():
-            raise InvalidDocument(f"{f}.id must be a non-empty string", field=f"{f}.id")
-        if len(doc_id) > MAX_ID_CHARS or any(ord(c) < 32 for c in doc_id):
-            raise InvalidDocument(
-                f"{f}.id: at most {MAX_ID_CHARS} printable characters", field=f"{f}.id", limit=MAX_ID_CHARS
-            )
-        text = doc.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidDocument(f"{f}.text must be a non-empty string", field=f"{f}.text")
-        if len(text) > self.max_doc_chars:
-            raise DocumentTooLarge(
-                f"{f}.text has {len(text)} characters, over the limit",
-                field=f"{f}.text",
-                limit=self.max_doc_chars,
-            )
-        title = doc.get("title") or ""
-        if not isinstance(title, str) or len(title) > MAX_TITLE_CHARS:
-            raise InvalidDocument(
-                f"{f}.title must be a string of at most {MAX_TITLE_CHARS} characters",
-                field=f"{f}.title",
-                limit=MAX_TITLE_CHARS,
-            )
-        meta = doc.get("metadata") or {}
-        if not isinstance(meta, dict):
-            raise InvalidDocument(f"{f}.metadata must be a JSON object", field=f"{f}.metadata")
-        try:
-            raw = json.dumps(meta, allow_nan=False, ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidDocument(
-                f"{f}.metadata is not JSON-serialisable: {exc}", field=f"{f}.metadata"
-            ) from None
-        if len(raw.encode()) > MAX_METADATA_BYTES:
-            raise DocumentTooLarge(
-                f"{f}.metadata is over {MAX_METADATA_BYTES} bytes",
-                field=f"{f}.metadata",
-                limit=MAX_METADATA_BYTES,
-            )
-
-    def _validate_batch(self, docs: Any) -> None:
-        if not isinstance(docs, list) or not docs:
-            raise InvalidDocument("documents must be a non-empty list", field="documents")
-        if len(docs) > self.max_batch_docs:
-            raise DocumentTooLarge(
-                f"{len(docs)} documents in one batch, over the limit",
-                field="documents",
-                limit=self.max_batch_docs,
-            )
-        seen: dict[str, int] = {}
-        for i, doc in enumerate(docs):
-            self.validate_document(doc, i)
-            if doc["id"] in seen:
-                raise InvalidDocument(
-                    f"documents[{i}].id {doc['id']!r} duplicates documents[{seen[doc['id']]}].id",
-                    field=f"documents[{i}].id",
-                )
-            seen[doc["id"]] = i
+        validate_document(doc, where, self.max_doc_chars)
 
     def _chunker(self, manifest: Manifest) -> Chunker:
         key = f"{manifest.model}:{manifest.chunk_tokens}:{manifest.chunk_overlap}"
@@ -308,7 +246,7 @@ class IndexerService:
             raise ManifestMismatch(
                 f"collection {name!r} has {man.dims} dims, not {dims}", field="dims", limit=man.dims
             )
-        self._validate_batch(docs)
+        validate_batch(docs, self.max_batch_docs, self.max_doc_chars)
         await self._check_revision(man)
         chunker = self._chunker(man)
         plans = await asyncio.to_thread(
@@ -397,14 +335,14 @@ class IndexerService:
     async def delete(self, name: str, ids: list[str]) -> dict[str, Any]:
         """Delete documents by id (unknown ids ignored), one transaction."""
         coll = self._get(name)
-        _check_ids(ids, self.max_batch_docs)
+        check_ids(ids, self.max_batch_docs)
         ch = await asyncio.to_thread(coll.write, [], list(dict.fromkeys(ids)))
         return {"deleted": len(ch.removed_dnos), "seq": ch.seq}
 
     async def get_documents(self, name: str, ids: list[str]) -> list[dict[str, Any]]:
         """Stored documents in ``ids`` order (missing skipped)."""
         coll = self._get(name)
-        _check_ids(ids, self.max_batch_docs)
+        check_ids(ids, self.max_batch_docs)
         return await asyncio.to_thread(coll.get_documents, ids)
 
     # ---- search -------------------------------------------------------------------------------
@@ -423,7 +361,7 @@ class IndexerService:
         the few it shows or reranks).
         """
         coll = self._get(name)
-        _check_k(k)
+        check_k(k)
         compile_filters(filters)
         try:
             q = np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -442,7 +380,7 @@ class IndexerService:
             if norm == 0 or not math.isfinite(norm):
                 raise InvalidInput("vector must be non-zero for cosine similarity", field="vector")
             q = q / norm
-        _check_texts(texts)
+        check_texts(texts)
         return await asyncio.to_thread(coll.search_dense, q, k, filters, per_chunk, None, texts)
 
     async def search_lexical(
@@ -456,163 +394,12 @@ class IndexerService:
     ) -> list[Hit]:
         """Top-k documents by BM25 (``per_chunk`` accepted for symmetry: lexical hits are whole documents)."""
         coll = self._get(name)
-        _check_k(k)
+        check_k(k)
         compile_filters(filters)
         if not isinstance(query, str) or len(query) > MAX_QUERY_CHARS:
             raise InvalidInput("query must be a string", field="query", limit=MAX_QUERY_CHARS)
-        _check_texts(texts)
+        check_texts(texts)
         return await asyncio.to_thread(coll.search_lexical, query, k, filters, texts)
-
-    # ---- jobs ---------------------------------------------------------------------------------
-    async def start_job(self, name: str, path: str | Path, fmt: str | None = None) -> dict[str, Any]:
-        """Start a background ingest of a JSONL / CSV / Parquet file; resumes by skipping stored ids."""
-        coll = self._get(name)
-        p = Path(path).expanduser().resolve()
-        if self.job_roots is not None and not any(p.is_relative_to(r) for r in self.job_roots):
-            raise InvalidInput(
-                "path is outside the allowed ingest roots",
-                field="path",
-                limit=[str(r) for r in self.job_roots],
-            )
-        if not p.is_file():
-            raise InvalidInput(f"no such file: {p}", field="path")
-        fmt = detect_format(p, fmt)
-        now = time.time()
-        job: dict[str, Any] = {
-            "id": uuid.uuid4().hex[:12],
-            "path": str(p),
-            "format": fmt,
-            "status": "queued",
-            "total": None,
-            "done": 0,
-            "skipped": 0,
-            "failed": 0,
-            "errors": [],
-            "created_at": now,
-            "updated_at": now,
-        }
-        await asyncio.to_thread(coll.store.job_put, job)
-        task = asyncio.create_task(self._run_job(coll, job))
-        self._jobs[f"{name}/{job['id']}"] = task
-        task.add_done_callback(lambda _t: self._jobs.pop(f"{name}/{job['id']}", None))
-        return dict(job)
-
-    async def run_ingest(
-        self,
-        name: str,
-        path: Path,
-        fmt: str | None = None,
-        *,
-        batch_size: int = 64,
-        on_progress: Any = None,
-        progress: Progress | None = None,
-        retry_s: float = 600.0,
-    ) -> Progress:
-        """The ingest loop used by jobs and ``dowse index`` (foreground).
-
-        Transient embedder errors (not ready, overloaded, unreachable) are retried with backoff for up to
-        ``retry_s`` seconds per batch before the ingest fails."""
-        coll = self._get(name)
-        fmt = detect_format(path, fmt)
-        prog = progress or Progress()
-        if prog.total is None:
-            prog.total = await asyncio.to_thread(count_records, path, fmt)
-
-        async def existing(ids: list[str]) -> set[str]:
-            return await asyncio.to_thread(coll.store.existing_ids, ids)
-
-        async def upsert(docs: list[dict[str, Any]]) -> Any:
-            # A batch is one transaction (all or nothing), so a transient embedder outage (still loading,
-            # restarting, overloaded) is waited out and the batch retried, within ``retry_s``.
-            return await retry_transient(lambda: self.upsert(name, docs), f"ingest into {name}", retry_s)
-
-        return await ingest(
-            path,
-            fmt,
-            existing=existing,
-            upsert=upsert,
-            validate=self.validate_document,
-            batch_size=batch_size,
-            progress=prog,
-            on_progress=on_progress,
-        )
-
-    async def _run_job(self, coll: Collection, job: dict[str, Any]) -> None:
-        last = 0.0
-
-        def report(prog: Progress) -> None:
-            nonlocal last
-            job.update(
-                total=prog.total,
-                done=prog.done,
-                skipped=prog.skipped,
-                failed=prog.failed,
-                errors=list(prog.errors),
-                updated_at=time.time(),
-            )
-            if time.monotonic() - last > 1.0:
-                last = time.monotonic()
-                coll.store.job_put(job)
-
-        job["status"] = "running"
-        await asyncio.to_thread(coll.store.job_put, job)
-        try:
-            await self.run_ingest(coll.name, Path(job["path"]), job["format"], on_progress=report)
-            job["status"] = "completed"
-        except asyncio.CancelledError:
-            job["status"] = "cancelled"
-            raise
-        except DowseError as exc:
-            job["status"] = "failed"
-            job["errors"] = [*job["errors"], exc.message][-100:]
-        except Exception as exc:
-            log.exception("ingest job %s failed", job["id"])
-            job["status"] = "failed"
-            job["errors"] = [*job["errors"], f"internal error: {type(exc).__name__}"][-100:]
-        finally:
-            job["updated_at"] = time.time()
-            if coll.ready:
-                await asyncio.to_thread(coll.store.job_put, job)
-
-    async def job(self, name: str, job_id: str) -> dict[str, Any]:
-        """One job's progress and errors."""
-        coll = self._get(name)
-        jobs = await asyncio.to_thread(coll.store.jobs, job_id)
-        if not jobs:
-            raise JobNotFound(f"no job {job_id!r} in collection {name!r}", field="job_id")
-        return jobs[0]
-
-    async def list_jobs(self, name: str) -> list[dict[str, Any]]:
-        """All jobs of a collection, newest first."""
-        coll = self._get(name)
-        return await asyncio.to_thread(coll.store.jobs)
-
-
-_TRANSIENT = ("not_ready", "overloaded", "dependency_failed")
-T = TypeVar("T")
-
-
-async def retry_transient(
-    call: Callable[[], Awaitable[T]],
-    what: str,
-    retry_s: float | None = None,
-    transient: tuple[str, ...] = _TRANSIENT,
-) -> T:
-    """Await ``call()``, retrying DowseErrors of a ``transient`` type with backoff (0.5 s doubling to 10 s).
-
-    ``retry_s``: give up (re-raise) once this many seconds were spent waiting; None waits for ever.
-    """
-    delay, waited = 0.5, 0.0
-    while True:
-        try:
-            return await call()
-        except DowseError as exc:
-            if exc.type not in transient or (retry_s is not None and waited >= retry_s):
-                raise
-            log.warning("%s waits for a dependency (%s); retry in %.1f s", what, exc, delay)
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 10.0)
 
 
 def name_alias(model: str) -> str:
@@ -628,20 +415,3 @@ def name_alias(model: str) -> str:
 def _same_config(a: Manifest, b: Manifest) -> bool:
     keys = ("model", "revision", "dims", "metric", "index", "analyzer", "chunk_tokens", "chunk_overlap")
     return all(getattr(a, k) == getattr(b, k) for k in keys)
-
-
-def _check_k(k: Any) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise InvalidInput(f"k must be an integer in [1, {MAX_K}]", field="k", limit=MAX_K)
-
-
-def _check_texts(texts: Any) -> None:
-    if texts is not None and (isinstance(texts, bool) or not isinstance(texts, int) or texts < 0):
-        raise InvalidInput("texts must be a non-negative integer or null", field="texts")
-
-
-def _check_ids(ids: Any, limit: int) -> None:
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise InvalidInput("ids must be a list of strings", field="ids")
-    if len(ids) > limit:
-        raise DocumentTooLarge(f"at most {limit} ids per request", field="ids", limit=limit)

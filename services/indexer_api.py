@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from embedder.errors import DowseError, InvalidInput, NotFound
 from indexer.client import Hit
 from indexer.inprocess import InProcessIndexerClient
-from indexer.service import MAX_K, IndexerService, retry_transient
+from indexer.jobs import retry_transient
+from indexer.service import IndexerService
+from indexer.validate import MAX_K
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/collections", tags=["indexer"])

@@ -1,0 +1,101 @@
+"""Input checks of the indexer: documents, batches, k, ids (4xx errors that name the field and the limit)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from embedder.errors import InvalidInput
+from indexer.errors import DocumentTooLarge, InvalidDocument
+
+MAX_K = 1000
+MAX_ID_CHARS = 512
+MAX_TITLE_CHARS = 4096
+MAX_METADATA_BYTES = 65_536
+MAX_QUERY_CHARS = 10_000
+
+
+def validate_document(doc: Any, where: str | int, max_doc_chars: int) -> None:
+    """Check one ``{id, title, text, metadata}``; raises InvalidDocument / DocumentTooLarge."""
+    f = f"documents[{where}]"
+    if not isinstance(doc, dict):
+        raise InvalidDocument(f"{f} must be an object", field=f)
+    doc_id = doc.get("id")
+    if not isinstance(doc_id, str) or not doc_id.strip():
+        raise InvalidDocument(f"{f}.id must be a non-empty string", field=f"{f}.id")
+    if len(doc_id) > MAX_ID_CHARS or any(ord(c) < 32 for c in doc_id):
+        raise InvalidDocument(
+            f"{f}.id: at most {MAX_ID_CHARS} printable characters", field=f"{f}.id", limit=MAX_ID_CHARS
+        )
+    text = doc.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidDocument(f"{f}.text must be a non-empty string", field=f"{f}.text")
+    if len(text) > max_doc_chars:
+        raise DocumentTooLarge(
+            f"{f}.text has {len(text)} characters, over the limit",
+            field=f"{f}.text",
+            limit=max_doc_chars,
+        )
+    title = doc.get("title") or ""
+    if not isinstance(title, str) or len(title) > MAX_TITLE_CHARS:
+        raise InvalidDocument(
+            f"{f}.title must be a string of at most {MAX_TITLE_CHARS} characters",
+            field=f"{f}.title",
+            limit=MAX_TITLE_CHARS,
+        )
+    meta = doc.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise InvalidDocument(f"{f}.metadata must be a JSON object", field=f"{f}.metadata")
+    try:
+        raw = json.dumps(meta, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidDocument(
+            f"{f}.metadata is not JSON-serialisable: {exc}", field=f"{f}.metadata"
+        ) from None
+    if len(raw.encode()) > MAX_METADATA_BYTES:
+        raise DocumentTooLarge(
+            f"{f}.metadata is over {MAX_METADATA_BYTES} bytes",
+            field=f"{f}.metadata",
+            limit=MAX_METADATA_BYTES,
+        )
+
+
+def validate_batch(docs: Any, max_batch_docs: int, max_doc_chars: int) -> None:
+    """Check a batch: a non-empty list within the limit, every document valid, no id twice."""
+    if not isinstance(docs, list) or not docs:
+        raise InvalidDocument("documents must be a non-empty list", field="documents")
+    if len(docs) > max_batch_docs:
+        raise DocumentTooLarge(
+            f"{len(docs)} documents in one batch, over the limit",
+            field="documents",
+            limit=max_batch_docs,
+        )
+    seen: dict[str, int] = {}
+    for i, doc in enumerate(docs):
+        validate_document(doc, i, max_doc_chars)
+        if doc["id"] in seen:
+            raise InvalidDocument(
+                f"documents[{i}].id {doc['id']!r} duplicates documents[{seen[doc['id']]}].id",
+                field=f"documents[{i}].id",
+            )
+        seen[doc["id"]] = i
+
+
+def check_k(k: Any) -> None:
+    """``k`` is an int in [1, MAX_K]."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InvalidInput(f"k must be an integer in [1, {MAX_K}]", field="k", limit=MAX_K)
+
+
+def check_texts(texts: Any) -> None:
+    """``texts`` is a non-negative int or None."""
+    if texts is not None and (isinstance(texts, bool) or not isinstance(texts, int) or texts < 0):
+        raise InvalidInput("texts must be a non-negative integer or null", field="texts")
+
+
+def check_ids(ids: Any, limit: int) -> None:
+    """``ids`` is a list of at most ``limit`` strings."""
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InvalidInput("ids must be a list of strings", field="ids")
+    if len(ids) > limit:
+        raise DocumentTooLarge(f"at most {limit} ids per request", field="ids", limit=limit)
