@@ -201,6 +201,7 @@ def config_from_settings(settings: Any) -> CacheConfig:
         prior_weight=g("cache_prior_weight", 5.0),
         use_prior=g("cache_use_prior", True),
         min_similarity=g("cache_min_similarity", 0.0),
+        contrast_weight=g("cache_contrast_weight", CacheConfig.contrast_weight),
         max_entries=g("cache_max_entries", 1_000_000),
         default_ttl_s=g("cache_default_ttl_s"),
         refresh_ttl_on_hit=g("cache_refresh_ttl_on_hit", False),

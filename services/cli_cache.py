@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="stream order and policy randomness")] = 0,
         rule: Annotated[
             list[str] | None,
-            typer.Option("--rule", help="adaptive rules to run: budget | vcache (repeatable)"),
+            typer.Option("--rule", help="adaptive rules to run: budget | budget-plain | vcache (repeatable)"),
         ] = None,
         reuse_static: Annotated[
             bool,
@@ -54,8 +54,8 @@ def register(app: typer.Typer) -> None:
         bad = [w for w in chosen if w not in ("banking77", "qqp", "gptcache")]
         if bad:
             raise typer.BadParameter(f"unknown workload(s) {bad}", param_hint="--workload")
-        if any(r not in ("budget", "vcache") for r in rule or ()):
-            raise typer.BadParameter("rules are budget | vcache", param_hint="--rule")
+        if any(r not in ("budget", "budget-plain", "vcache") for r in rule or ()):
+            raise typer.BadParameter("rules are budget | budget-plain | vcache", param_hint="--rule")
         opts = EvalOptions(
             data_dir=data,
             redis_url=redis_url or settings.redis_url,
@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
             max_stream=max_stream,
             workloads=chosen,
             config=config_from_settings(settings),
-            rules=tuple(rule or ("budget", "vcache")),
+            rules=tuple(rule or ("budget", "budget-plain", "vcache")),
             reuse_static=reuse_static,
         )
         result = asyncio.run(run_all(opts))

@@ -77,6 +77,9 @@ class CacheSettings(CommonSettings):
     )
     cache_use_prior: bool = True  # new entries decide with the namespace's pooled fit
     cache_min_similarity: float = 0.0  # adaptive: a nearest neighbour below this is a plain miss
+    cache_contrast_weight: float = Field(
+        0.75, ge=0, le=2, description="adaptive: weight of the closest other answer's similarity (0 = off)"
+    )
     cache_max_entries: int = Field(1_000_000, ge=1, description="per namespace; oldest evicted first")
     cache_default_ttl_s: int | None = None
     cache_refresh_ttl_on_hit: bool = False

@@ -30,6 +30,9 @@ class CacheConfig:
     store_on_correct_explore: bool = True  # a correct explore is stored too (in the entry's group)
     duplicate_similarity: float = 0.9999  # ... unless it is this close to the entry
     min_similarity: float = 0.0  # adaptive: a neighbour below this is a miss
+    # adaptive: the policy models s - w * (best similarity of another answer group), see contrast_score;
+    # 0 = plain similarity. Tuned on banking77 train only (bench/results/cache_tune.md).
+    contrast_weight: float = 0.75
     max_entries: int = 1_000_000  # per namespace; oldest evicted first
     default_ttl_s: int | None = None
     refresh_ttl_on_hit: bool = False

@@ -5,12 +5,13 @@ refit the group, and store the pair (after a miss or a wrong answer, and after a
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embedder.errors import Conflict, NotFound
-from gateway.cache.policy import fit_threshold, fit_with_prior
+from gateway.cache.policy import contrast_score, fit_threshold, fit_with_prior
 from gateway.cache.store import decode_obs, encode_obs
 
 if TYPE_CHECKING:
@@ -62,20 +63,29 @@ async def apply_feedback(svc: CacheService, lookup_id: str, response: str) -> Fe
     vec = np.frombuffer(emb, dtype=np.float32).copy()
     eid = _s(rec["eid"]) if "eid" in rec else None
     s = float(_s(rec["s"])) if "s" in rec else None
-    return await _judge_and_update(svc, ns, scope, eid, s, decision, _s(rec["prompt"]), vec, response)
+    # the score the policy decided on and its contrast weight (a lookup recorded before scores had a
+    # weight carries the plain similarity: weight 0)
+    x = float(_s(rec["x"])) if "x" in rec else s
+    cw = float(_s(rec["cw"])) if "cw" in rec else 0.0
+    return await _judge_and_update(
+        svc, ns, scope, eid, s, (x, cw), decision, _s(rec["prompt"]), vec, response
+    )
 
 
 async def apply_entry_feedback(
     svc: CacheService, ns: str, eid: str, prompt: str, vec: np.ndarray, scope: str, response: str
 ) -> FeedbackResult:
     """Feedback naming an entry and the prompt it was (or would have been) served for."""
-    raw = await svc.main.hmget(svc.keys.entry(ns, eid), ["emb", "scope"])
+    raw = await svc.main.hmget(svc.keys.entry(ns, eid), ["emb", "scope", "grp"])
     if raw[0] is None:
         raise UnknownEntry(f"no entry {eid!r} in namespace {ns!r}", field="entry_id")
     if _s(raw[1] or b"") != scope:
         raise UnknownEntry(f"entry {eid!r} belongs to another scope", field="scope")
     s = float(np.frombuffer(raw[0], dtype=np.float32) @ vec)
-    return await _judge_and_update(svc, ns, scope, eid, s, "explore", prompt, vec, response)
+    cw = svc.config.contrast_weight
+    comp = svc.mirror.competitor(ns, scope, vec, _s(raw[2]) if raw[2] else eid)
+    x = contrast_score(s, comp, cw)
+    return await _judge_and_update(svc, ns, scope, eid, s, (x, cw), "explore", prompt, vec, response)
 
 
 async def _judge_and_update(
@@ -84,6 +94,7 @@ async def _judge_and_update(
     scope: str,
     eid: str | None,
     s: float | None,
+    score: tuple[float | None, float],
     decision: str,
     prompt: str,
     vec: np.ndarray,
@@ -96,10 +107,11 @@ async def _judge_and_update(
     n_obs = 0
     cached, grp = await r.hmget(k.entry(ns, eid), ["response", "grp"]) if eid else (None, None)
     group = (_s(grp) if grp else eid) or None
-    if eid is not None and cached is not None and s is not None and group is not None:
+    x, cw = score
+    if eid is not None and cached is not None and x is not None and group is not None:
         correct = await svc.judge(_s(cached), response)
         pipe = r.pipeline(transaction=True)
-        obs = encode_obs(s, correct)
+        obs = encode_obs(x, correct, cw)
         pipe.eval(_GROUP_OBS, 2, k.group_obs(ns, group), k.group(ns, group), obs, str(cfg.max_obs_per_entry))
         pipe.lrange(k.pooled(ns), -cfg.prior_sample, -1)  # before this observation joins it
         pipe.rpush(k.pooled(ns), obs)
@@ -113,13 +125,16 @@ async def _judge_and_update(
                 pipe.hincrby(stats, "exploit_feedback_wrong", 1)
         res = await pipe.execute()
         items, n_feedback = res[0], int(res[4])
-        s_arr, y_arr = decode_obs(items)
+        # fits use the scores of the current contrast weight only
+        s_arr, y_arr = decode_obs(items, cfg.contrast_weight)
         n_obs = int(s_arr.size)
         if cfg.use_prior and cfg.prior_weight > 0:
-            ps, py = decode_obs(res[1])
+            ps, py = decode_obs(res[1], cfg.contrast_weight)
             fit = await asyncio.to_thread(fit_with_prior, s_arr, y_arr, ps, py, cfg.prior_weight)
         else:
             fit = fit_threshold(s_arr, y_arr)
+        if fit is not None:
+            fit = replace(fit, contrast=cfg.contrast_weight)
         await svc.sync.publish_fit(r, ns, group, fit, n_obs)
         if cfg.use_prior and n_feedback % cfg.prior_every == 0:
             await _refit_prior(svc, ns)
@@ -140,8 +155,10 @@ async def _judge_and_update(
 
 async def _refit_prior(svc: CacheService, ns: str) -> None:
     items = await svc.main.lrange(svc.keys.pooled(ns), 0, -1)
-    s_arr, y_arr = decode_obs(items)
+    s_arr, y_arr = decode_obs(items, svc.config.contrast_weight)
     fit = await asyncio.to_thread(fit_threshold, s_arr, y_arr)
+    if fit is not None:
+        fit = replace(fit, contrast=svc.config.contrast_weight)
     if fit is not None and fit.usable:
         await svc.sync.publish_prior(svc.main, ns, fit)
 

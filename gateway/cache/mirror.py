@@ -46,10 +46,14 @@ class MirrorEntry:
 
 @dataclass(slots=True)
 class Neighbour:
-    """The nearest live entry of a lookup."""
+    """The nearest live entry of a lookup, and how close the best entry of another answer group is."""
 
     entry: MirrorEntry
     similarity: float
+    # best similarity of a live entry whose answer group differs from ``entry``'s; None when the scope has
+    # none. When every searched candidate shares ``entry``'s group it is the last candidate's similarity,
+    # an upper bound on the true value (the cautious side for the contrast score).
+    competitor: float | None = None
 
 
 class VectorGroup:
@@ -217,23 +221,51 @@ class Mirror:
         return self.fits.get((namespace, group), (None, 0))
 
     def nearest(
-        self, namespace: str, scope: str, q: np.ndarray, now: float | None = None
+        self, namespace: str, scope: str, q: np.ndarray, now: float | None = None, k: int = 16
     ) -> Neighbour | None:
-        """The most similar live, unexpired entry of (namespace, scope), or None."""
+        """The most similar live, unexpired entry of (namespace, scope) with its competitor, or None.
+
+        ``k`` candidates are searched (more while expired or deleted ones hide the nearest live entry).
+        """
         group = self.groups.get((namespace, scope))
         if group is None:
             return None
         now = time.time() if now is None else now
-        k = 4
         while True:
             hits = group.search(q, k)
+            first: Neighbour | None = None
             for eid, sim in hits:
                 entry = self.entries.get((namespace, eid))
-                if entry is not None and not entry.expired(now):
-                    return Neighbour(entry, sim)
+                if entry is None or entry.expired(now):
+                    continue
+                if first is None:
+                    first = Neighbour(entry, sim)
+                elif entry.group_id != first.entry.group_id:
+                    first.competitor = sim
+                    return first
+            if first is not None:
+                # every live candidate shares the group: beyond them nothing is closer than the last one
+                first.competitor = hits[-1][1] if len(hits) >= k else None
+                return first
             if len(hits) < k:
                 return None
             k *= 4
+
+    def competitor(
+        self, namespace: str, scope: str, q: np.ndarray, group_id: str, now: float | None = None, k: int = 16
+    ) -> float | None:
+        """Best similarity to ``q`` of a live entry outside answer group ``group_id`` (bounded as in
+        :class:`Neighbour`); None when the scope holds no other group."""
+        group = self.groups.get((namespace, scope))
+        if group is None:
+            return None
+        now = time.time() if now is None else now
+        hits = group.search(q, k)
+        for eid, sim in hits:
+            entry = self.entries.get((namespace, eid))
+            if entry is not None and not entry.expired(now) and entry.group_id != group_id:
+                return sim
+        return hits[-1][1] if len(hits) >= k else None
 
     def count(self, namespace: str | None = None) -> int:
         """Entries mirrored (in one namespace, or all)."""

@@ -39,6 +39,7 @@ class ThresholdFit:
     var_t: float
     n: int  # real observations behind the fit (pseudo-observations excluded)
     separated: bool = False  # labels were separated: Firth fallback used
+    contrast: float = 0.0  # contrast weight of the scores it was fitted on (see :func:`contrast_score`)
 
     @property
     def usable(self) -> bool:
@@ -46,13 +47,26 @@ class ThresholdFit:
         return self.gamma > 0 and math.isfinite(self.t) and math.isfinite(self.var_t) and self.var_t >= 0
 
     def to_list(self) -> list[float]:
-        """Compact form for storage: ``[gamma, t, var_t, n, separated]``."""
-        return [self.gamma, self.t, self.var_t, float(self.n), 1.0 if self.separated else 0.0]
+        """Compact form for storage: ``[gamma, t, var_t, n, separated, contrast]``."""
+        sep = 1.0 if self.separated else 0.0
+        return [self.gamma, self.t, self.var_t, float(self.n), sep, self.contrast]
 
     @classmethod
     def from_list(cls, v: list[float]) -> ThresholdFit:
-        """Inverse of :meth:`to_list`."""
-        return cls(float(v[0]), float(v[1]), float(v[2]), int(v[3]), bool(v[4]))
+        """Inverse of :meth:`to_list` (a 5-element list is a fit on raw similarities, contrast 0)."""
+        contrast = float(v[5]) if len(v) > 5 else 0.0
+        return cls(float(v[0]), float(v[1]), float(v[2]), int(v[3]), bool(v[4]), contrast)
+
+
+def contrast_score(s: float, competitor: float | None, weight: float) -> float:
+    """The score the adaptive policy models: similarity minus ``weight`` x the closest competing answer's.
+
+    ``competitor`` is the best similarity of a live entry of the same (namespace, scope) whose answer group
+    differs from the nearest entry's (None: there is none; negative similarities count as 0). A prompt that
+    sits as close to another answer as to its nearest entry's is ambiguous, whatever its similarity;
+    ``weight`` 0 gives the plain similarity of the vCache paper.
+    """
+    return float(s) - weight * max(float(competitor or 0.0), 0.0)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -38,7 +38,9 @@ class EvalOptions:
     max_stream: int | None = None  # cap on the QQP stream (a seeded prefix of its shuffled questions)
     static_sweep: tuple[float, ...] = STATIC_SWEEP
     merge: bool = True  # update an existing cache_eval.json instead of replacing it
-    rules: tuple[str, ...] = ("budget", "vcache")  # adaptive rules to run (the first is the configured one)
+    # adaptive rules to run (the first is the configured one); "budget-plain" = budget on the plain similarity
+    # (contrast weight 0, the paper's model), to show what the contrast score adds
+    rules: tuple[str, ...] = ("budget", "budget-plain", "vcache")
     reuse_static: bool = False  # take static rows of an identical earlier stream from cache_eval.json
     config: CacheConfig = field(default_factory=CacheConfig)
 
@@ -76,10 +78,13 @@ async def _sweep(
     adaptive = []
     for rule in opts.rules:
         cfg = replace(opts.config, adaptive_rule="vcache" if rule == "vcache" else "budget")
+        if rule.endswith("-plain"):
+            cfg = replace(cfg, contrast_weight=0.0)
         for d in DELTAS:
             r = await ev.run_stream(
                 opts.redis_url, wl, vecs, "adaptive", d, seed=opts.seed, order=order, config=cfg
             )
+            r.rule = rule
             log.info("%s adaptive/%s %.2f: hit %.4f err %.4f", wl.name, rule, d, r.hit_rate, r.error_rate)
             adaptive.append(r)
     rows = []
@@ -195,7 +200,8 @@ def markdown(out: dict[str, Any]) -> str:
             f"Adaptive configuration: rule `{cfg.get('adaptive_rule', 'vcache')}` (default), "
             f"answer groups by `{cfg.get('group_by', 'entry')}`, min_obs {cfg.get('min_obs')}, "
             f"prior {'on' if cfg.get('use_prior') else 'off'} (>= {cfg.get('prior_min_obs')} obs), "
-            f"store on correct explore {'on' if cfg.get('store_on_correct_explore') else 'off'}.",
+            f"store on correct explore {'on' if cfg.get('store_on_correct_explore') else 'off'}, "
+            f"contrast weight {cfg.get('contrast_weight', 0.0)} (`budget-plain`: 0, the plain similarity).",
             "",
         ]
     for name in ("banking77", "qqp"):

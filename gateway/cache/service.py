@@ -27,7 +27,7 @@ from embedder.errors import DependencyFailed
 from gateway.cache.config import CacheConfig, Decision, FeedbackResult, LookupResult, StoreResult
 from gateway.cache.judge import ExactMatchJudge, Judge
 from gateway.cache.mirror import Mirror, MirrorEntry
-from gateway.cache.policy import BudgetBook, ThresholdFit, VerifiedPolicy
+from gateway.cache.policy import BudgetBook, ThresholdFit, VerifiedPolicy, contrast_score
 from gateway.cache.store import Keys, encode_fit, response_group, scope_hash
 from gateway.cache.sync import MirrorSync
 from gateway.cache.validate import check_policy, check_text
@@ -134,13 +134,17 @@ class CacheService:
         return vec / norm if norm > 0 else vec
 
     def fit_for(self, entry: MirrorEntry) -> ThresholdFit | None:
-        """The fit that decides for ``entry``: its group's once it has enough observations, else the prior."""
+        """The fit that decides for ``entry``: its group's once it has enough observations, else the prior.
+
+        A fit made on scores of another contrast weight (before a settings change) is not used.
+        """
+        cw = self.config.contrast_weight
         fit, n_obs = self.mirror.group_fit(entry.namespace, entry.group_id)
-        if n_obs >= self.config.min_obs and fit is not None and fit.usable:
+        if n_obs >= self.config.min_obs and fit is not None and fit.usable and fit.contrast == cw:
             return fit
         if self.config.use_prior:
             prior = self.mirror.priors.get(entry.namespace)
-            if prior is not None and prior.n >= self.config.prior_min_obs:
+            if prior is not None and prior.n >= self.config.prior_min_obs and prior.contrast == cw:
                 return prior
         return None
 
@@ -187,8 +191,10 @@ class CacheService:
         p_exploit: float | None = None
         fit: ThresholdFit | None = None
         s = nb.similarity if nb is not None else -1.0
+        x = s  # the score the adaptive fits model (contrast_score)
         if nb is not None:
             fit = self.fit_for(nb.entry)
+            x = contrast_score(s, nb.competitor, self.config.contrast_weight)
         if policy == "static":
             decision = "exploit" if nb is not None and s >= threshold else "miss"
         elif self.config.adaptive_rule == "budget":
@@ -196,7 +202,7 @@ class CacheService:
             risk = None
             if nb is not None and s >= self.config.min_similarity:
                 # no fit (too few observations, no prior): risk 1, never within the budget's cut
-                risk = 1.0 - self.policy.correct_lower_bound(s, fit)
+                risk = 1.0 - self.policy.correct_lower_bound(x, fit)
                 decision = "explore"
             if budget.decide(risk):
                 decision, p_exploit = "exploit", 1.0
@@ -204,7 +210,7 @@ class CacheService:
                 p_exploit = 0.0
         elif nb is not None and s >= self.config.min_similarity:
             # too few observations and no usable prior: always explore
-            p_exploit = 0.0 if fit is None else self.policy.exploit_probability(s, fit, max_error)
+            p_exploit = 0.0 if fit is None else self.policy.exploit_probability(x, fit, max_error)
             decision = "exploit" if self.rng.random() < p_exploit else "explore"
         k = self.keys
         pipe = self.fast.pipeline(transaction=False)
@@ -213,6 +219,8 @@ class CacheService:
         if nb is not None:
             record["eid"] = nb.entry.id
             record["s"] = f"{nb.similarity:.6f}"
+            record["x"] = f"{x:.6f}"
+            record["cw"] = repr(float(self.config.contrast_weight))
         pipe.hset(k.lookup(lookup_id), mapping=record)
         pipe.expire(k.lookup(lookup_id), self.config.lookup_ttl_s)
         stats = k.stats(namespace)
@@ -220,13 +228,14 @@ class CacheService:
         pipe.hincrby(stats, decision, 1)
         if decision == "exploit" and nb is not None:
             if fit is not None and fit.usable:
-                p_correct = 1.0 / (1.0 + np.exp(-fit.gamma * (nb.similarity - fit.t)))
+                p_correct = 1.0 / (1.0 + np.exp(-fit.gamma * (x - fit.t)))
                 pipe.hincrbyfloat(stats, "est_wrong", float(1.0 - p_correct))
                 pipe.hincrby(stats, "est_n", 1)
             if self.config.refresh_ttl_on_hit and nb.entry.expires_at > 0:
                 self.sync.touch(pipe, nb.entry, self.config)
         try:
-            await asyncio.wait_for(pipe.execute(), self.config.op_timeout_s * 1.2)
+            async with asyncio.timeout(self.config.op_timeout_s * 1.2):  # no extra task, unlike wait_for
+                await pipe.execute()
         except _REDIS_ERRORS as exc:
             self._failed("lookup", exc)
             self.local["degraded_lookups"] += 1

@@ -109,16 +109,21 @@ def decode_fit(raw: Any) -> ThresholdFit | None:
     return ThresholdFit.from_list(json.loads(_s(raw)))
 
 
-def encode_obs(s: float, y: bool) -> str:
-    """One observation as stored in the lists."""
-    return f"{s:.6f} {1 if y else 0}"
+def encode_obs(s: float, y: bool, contrast: float = 0.0) -> str:
+    """One observation as stored in the lists: score, label and the contrast weight of the score."""
+    return f"{s:.6f} {1 if y else 0} {float(contrast)!r}"
 
 
-def decode_obs(items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Observation list -> (s, y) arrays."""
-    if not items:
-        return np.zeros(0), np.zeros(0)
+def decode_obs(items: list[Any], contrast: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Observation list -> (s, y) arrays; with ``contrast``, only the scores made with that weight.
+
+    An observation without a weight (written before scores had one) is a plain similarity: weight 0.
+    """
     pairs = [_s(it).split() for it in items]
+    if contrast is not None:
+        pairs = [p for p in pairs if (float(p[2]) if len(p) > 2 else 0.0) == contrast]
+    if not pairs:
+        return np.zeros(0), np.zeros(0)
     return np.array([float(p[0]) for p in pairs]), np.array([float(p[1]) for p in pairs])
 
 

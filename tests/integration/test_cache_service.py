@@ -201,6 +201,48 @@ async def test_budget_rule_groups_learn_and_stay_within_budget(clean_redis: str)
         await svc.close()
 
 
+async def test_scores_carry_the_contrast_and_a_changed_weight_starts_afresh(clean_redis: str) -> None:
+    svc = await _service(clean_redis, min_obs=3, use_prior=False, contrast_weight=0.5)
+    try:
+        await svc.store("ns", "q", "A")
+        await svc.store("ns", "other", "B")  # another answer: every lookup of q#i has a competitor
+        decisions = []
+        for i in range(1, 40):
+            res = await svc.lookup("ns", f"q#{i}", max_error=0.2)
+            decisions.append(res.decision)
+            rec = await svc.main.hgetall(svc.keys.lookup(res.lookup_id))
+            competitor = svc.mirror.competitor("ns", "", await svc.embed(f"q#{i}"), res_group(svc, res))
+            # the policy's score is the similarity minus 0.5 x the competitor's (as recorded for feedback)
+            assert float(rec[b"x"]) == pytest.approx(
+                float(rec[b"s"]) - 0.5 * max(competitor or 0, 0), abs=2e-6
+            )
+            if res.decision != "exploit":
+                await svc.feedback(res.lookup_id, "A")
+        assert "exploit" in decisions
+        grp = res_group(svc, res)
+        fit, n_obs = svc.mirror.group_fit("ns", grp)
+        assert fit is not None and fit.contrast == 0.5 and n_obs == decisions.count("explore")
+    finally:
+        await svc.close()
+    # a replica configured with another weight neither uses those fits nor mixes in their observations
+    other = await _service(clean_redis, min_obs=3, use_prior=False, contrast_weight=0.0)
+    try:
+        entry = other.mirror.get("ns", next(e.id for e in other.mirror.entries.values() if e.group_id == grp))
+        assert entry is not None and other.fit_for(entry) is None
+        res = await other.lookup("ns", "q#77", max_error=0.2)
+        assert res.decision == "explore"
+        assert (await other.feedback(res.lookup_id, "A")).observations == 1
+    finally:
+        await other.close()
+
+
+def res_group(svc: CacheService, res: object) -> str:
+    """Answer group of the entry a lookup result names."""
+    entry = svc.mirror.get("ns", res.entry_id)  # type: ignore[attr-defined]
+    assert entry is not None
+    return entry.group_id
+
+
 async def test_lineage_groups_ttl_and_cleanup(clean_redis: str) -> None:
     svc = await _service(clean_redis, group_by="lineage", use_prior=False)
     r = aioredis.Redis.from_url(clean_redis)

@@ -9,7 +9,15 @@ from embedder.client import EmbedResult
 from embedder.errors import Conflict, InvalidInput, TooLarge
 from gateway.cache.judge import EmbeddingJudge, ExactMatchJudge, normalise
 from gateway.cache.mirror import Mirror, MirrorEntry, VectorGroup
-from gateway.cache.policy import BudgetBook, RiskBudget, VerifiedPolicy, fit_threshold, fit_with_prior
+from gateway.cache.policy import (
+    BudgetBook,
+    RiskBudget,
+    ThresholdFit,
+    VerifiedPolicy,
+    contrast_score,
+    fit_threshold,
+    fit_with_prior,
+)
 from gateway.cache.service import CacheConfig
 from gateway.cache.store import decode_obs, encode_obs, response_group, scope_hash
 from gateway.cache.validate import CacheLimits, check_policy, check_text
@@ -94,6 +102,78 @@ def test_scope_hash_is_canonical() -> None:
 def test_observation_encoding_roundtrip() -> None:
     s, y = decode_obs([encode_obs(0.8123456, True).encode(), encode_obs(0.5, False)])
     assert s.tolist() == pytest.approx([0.812346, 0.5]) and y.tolist() == [1.0, 0.0]
+
+
+def test_observations_of_another_contrast_weight_are_not_mixed() -> None:
+    items = [
+        b"0.900000 1",  # written before scores carried a weight: a plain similarity (weight 0)
+        encode_obs(0.3, True, 0.75),
+        encode_obs(0.8, False, 0.0),
+        encode_obs(0.1, False, 0.75).encode(),
+    ]
+    s, y = decode_obs(items, 0.75)
+    assert s.tolist() == pytest.approx([0.3, 0.1]) and y.tolist() == [1.0, 0.0]
+    s, y = decode_obs(items, 0.0)
+    assert s.tolist() == pytest.approx([0.9, 0.8]) and y.tolist() == [1.0, 0.0]
+    assert decode_obs(items)[0].size == 4  # no weight given: everything
+    assert decode_obs(items, 0.5)[0].size == 0
+
+
+def test_contrast_score_by_hand() -> None:
+    assert contrast_score(0.9, 0.8, 0.75) == pytest.approx(0.9 - 0.6)
+    assert contrast_score(0.9, 0.8, 0.0) == pytest.approx(0.9)  # weight 0: the paper's plain similarity
+    assert contrast_score(0.9, None, 0.75) == pytest.approx(0.9)  # no other answer in the scope
+    assert contrast_score(0.9, -0.2, 0.75) == pytest.approx(0.9)  # a dissimilar competitor costs nothing
+    # same similarity, closer competitor: lower score
+    assert contrast_score(0.9, 0.85, 0.75) < contrast_score(0.9, 0.5, 0.75)
+
+
+def test_fit_list_keeps_contrast_and_reads_old_lists() -> None:
+    fit = ThresholdFit(40.0, 0.3, 1e-3, 12, False, 0.75)
+    assert ThresholdFit.from_list(fit.to_list()) == fit
+    assert ThresholdFit.from_list([40.0, 0.8, 1e-3, 12.0, 0.0]).contrast == 0.0
+
+
+def _grouped(eid: str, group: str, exp: float = 0.0) -> MirrorEntry:
+    return MirrorEntry(eid, "a", "", f"resp-{group}", exp, group=group)
+
+
+def _on_circle(deg: float) -> np.ndarray:
+    rad = np.deg2rad(deg)
+    return np.array([np.cos(rad), np.sin(rad)], dtype=np.float32)
+
+
+def test_nearest_reports_the_best_other_answer_group() -> None:
+    m = Mirror()
+    m.put(_grouped("a0", "A"), _on_circle(0))
+    m.put(_grouped("a1", "A"), _on_circle(10))
+    m.put(_grouped("b0", "B"), _on_circle(30))
+    m.put(_grouped("c0", "C", exp=100.0), _on_circle(5))
+    q = _on_circle(4)
+    nb = m.nearest("a", "", q, now=50.0)
+    # c0 (1 degree away) is nearest while alive; a0 (4 degrees) is the best entry of another group
+    assert nb is not None and nb.entry.id == "c0"
+    assert nb.competitor == pytest.approx(float(np.cos(np.deg2rad(4))), abs=1e-6)
+    nb = m.nearest("a", "", q, now=200.0)  # c0 expired: a0 nearest, a1 same group, b0 the competitor
+    assert nb is not None and nb.entry.id == "a0"
+    assert nb.competitor == pytest.approx(float(np.cos(np.deg2rad(26))), abs=1e-6)
+    assert m.competitor("a", "", q, "A", now=200.0) == pytest.approx(nb.competitor)
+    assert m.competitor("a", "", q, "B", now=200.0) == pytest.approx(float(np.cos(np.deg2rad(4))), abs=1e-6)
+
+
+def test_competitor_is_none_or_a_bound_when_one_group_fills_the_candidates() -> None:
+    m = Mirror()
+    for i in range(3):
+        m.put(_grouped(f"a{i}", "A"), _on_circle(i))
+    nb = m.nearest("a", "", _on_circle(0), now=0.0)
+    assert nb is not None and nb.competitor is None  # the scope has no other answer at all
+    m.put(_grouped("b0", "B"), _on_circle(90))
+    nb = m.nearest("a", "", _on_circle(0), now=0.0, k=2)
+    # only a0 and a1 were searched: the competitor is bounded by the last candidate (cos 1 degree),
+    # which is above the true value (b0 at cos 90 degrees = 0): the cautious side
+    assert nb is not None and nb.competitor == pytest.approx(float(np.cos(np.deg2rad(1))), abs=1e-6)
+    nb = m.nearest("a", "", _on_circle(0), now=0.0, k=16)
+    assert nb is not None and nb.competitor == pytest.approx(0.0, abs=1e-6)
 
 
 async def test_exact_judge_normalises() -> None:
