@@ -19,6 +19,11 @@ SECTIONS = [
     ),
     ("Search vs peer pipeline", "search.md", "python bench/search.py --rounds 5"),
     ("Semantic cache workloads", "cache_eval.md", "dowse cache-eval (python bench/cache.py --part eval)"),
+    (
+        "Semantic cache policy tuning (banking77 train only)",
+        "cache_tune.md",
+        "python bench/cache_tune.py --contrast 0 0.5 0.75 1.0 --streams 2",
+    ),
     ("Semantic cache lookup latency (idle)", "cache_latency.md", "python bench/cache.py --no-gptcache"),
     (
         "Semantic cache lookup latency vs GPTCache (idle)",
