@@ -183,6 +183,10 @@ async def latency(args: argparse.Namespace) -> dict[str, Any]:
             )
     finally:
         await svc.delete_namespace("bench")
+        # pending lookup records (TTL) and the change stream of the throw-away prefix
+        leftovers = [k async for k in svc.main.scan_iter(match=f"{cfg.prefix}:*", count=1000)]
+        for i in range(0, len(leftovers), 1000):
+            await svc.main.unlink(*leftovers[i : i + 1000])
         await svc.close()
         tmp.cleanup()
     if degraded:
