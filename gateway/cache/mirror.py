@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +221,15 @@ class Mirror:
         """(fit, observations) of an answer group; (None, 0) when it has none."""
         return self.fits.get((namespace, group), (None, 0))
 
+    def _live(
+        self, namespace: str, hits: list[tuple[str, float]], now: float
+    ) -> Iterator[tuple[MirrorEntry, float]]:
+        """The live, unexpired entries among search hits, best first."""
+        for eid, sim in hits:
+            entry = self.entries.get((namespace, eid))
+            if entry is not None and not entry.expired(now):
+                yield entry, sim
+
     def nearest(
         self, namespace: str, scope: str, q: np.ndarray, now: float | None = None, k: int = 16
     ) -> Neighbour | None:
@@ -233,20 +243,11 @@ class Mirror:
         now = time.time() if now is None else now
         while True:
             hits = group.search(q, k)
-            first: Neighbour | None = None
-            for eid, sim in hits:
-                entry = self.entries.get((namespace, eid))
-                if entry is None or entry.expired(now):
-                    continue
-                if first is None:
-                    first = Neighbour(entry, sim)
-                elif entry.group_id != first.entry.group_id:
-                    first.competitor = sim
-                    return first
+            live = self._live(namespace, hits, now)
+            first = next(live, None)
             if first is not None:
-                # every live candidate shares the group: beyond them nothing is closer than the last one
-                first.competitor = hits[-1][1] if len(hits) >= k else None
-                return first
+                entry, sim = first
+                return Neighbour(entry, sim, _competitor(live, hits, k, entry.group_id))
             if len(hits) < k:
                 return None
             k *= 4
@@ -259,16 +260,23 @@ class Mirror:
         group = self.groups.get((namespace, scope))
         if group is None:
             return None
-        now = time.time() if now is None else now
         hits = group.search(q, k)
-        for eid, sim in hits:
-            entry = self.entries.get((namespace, eid))
-            if entry is not None and not entry.expired(now) and entry.group_id != group_id:
-                return sim
-        return hits[-1][1] if len(hits) >= k else None
+        live = self._live(namespace, hits, time.time() if now is None else now)
+        return _competitor(live, hits, k, group_id)
 
     def count(self, namespace: str | None = None) -> int:
         """Entries mirrored (in one namespace, or all)."""
         if namespace is None:
             return len(self.entries)
         return sum(g.live for (ns, _), g in self.groups.items() if ns == namespace)
+
+
+def _competitor(
+    live: Iterable[tuple[MirrorEntry, float]], hits: list[tuple[str, float]], k: int, group_id: str
+) -> float | None:
+    """Similarity of the first live entry outside ``group_id``; when none is among the ``k`` candidates,
+    the last candidate's similarity (nothing beyond it is closer), or None if the search ran out."""
+    for entry, sim in live:
+        if entry.group_id != group_id:
+            return sim
+    return hits[-1][1] if len(hits) >= k else None
