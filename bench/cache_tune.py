@@ -39,7 +39,7 @@ async def tune(args: argparse.Namespace) -> dict[str, Any]:
     """Run every stream: static sweep, then adaptive per (contrast weight, delta)."""
     from gateway.cache import evaluate as ev
     from gateway.cache.config import CacheConfig
-    from gateway.cache.report import DELTAS
+    from gateway.cache.report import DELTAS, against_static
     from services.machine import describe
 
     wl = ev.banking77(DATA, "train")
@@ -70,18 +70,9 @@ async def tune(args: argparse.Namespace) -> dict[str, Any]:
                 r = await ev.run_stream(
                     args.redis, wl, vecs, "adaptive", d, seed=seed, order=order, config=cfg
                 )
-                curve = ev.interpolate_static(static, r.error_rate)
-                row = {
-                    "stream": stream,
-                    "contrast_weight": w,
-                    "delta": d,
-                    "hit_rate": r.hit_rate,
-                    "error_rate": r.error_rate,
-                    "error_ci": list(r.error_ci),
-                    "bound_holds": r.error_ci[0] <= d,
-                    "static_hit_at_same_error": curve,
-                    "gap": r.hit_rate - curve,
-                }
+                row = against_static(r, static)
+                curve = row["static_hit_at_same_error"]
+                row.update(stream=stream, contrast_weight=w, delta=d, gap=r.hit_rate - curve)
                 out["runs"].append(row)
                 log.info(
                     "stream %d w %.2f delta %.2f: hit %.4f err %.4f static %.4f gap %+.4f (%.0f s)",

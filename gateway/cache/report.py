@@ -87,22 +87,23 @@ async def _sweep(
             r.rule = rule
             log.info("%s adaptive/%s %.2f: hit %.4f err %.4f", wl.name, rule, d, r.hit_rate, r.error_rate)
             adaptive.append(r)
-    rows = []
-    for r in adaptive:
-        static_hit = ev.interpolate_static(static, r.error_rate)
-        rows.append(
-            {
-                **r.row(),
-                "bound_holds": r.error_ci[0] <= r.param,
-                "static_hit_at_same_error": static_hit,
-                "on_or_above_static": r.hit_rate >= static_hit,
-            }
-        )
     return {
         "static": [r.row() for r in static],
-        "adaptive": rows,
+        "adaptive": [against_static(r, static) for r in adaptive],
         "stream_length": len(order),
         "static_reused": reused,
+    }
+
+
+def against_static(r: ev.StreamResult, static: list[ev.StreamResult]) -> dict[str, Any]:
+    """An adaptive run's row with its verdicts: the bound (95% interval) and the static curve's hit rate at
+    the run's measured error rate."""
+    static_hit = ev.interpolate_static(static, r.error_rate)
+    return {
+        **r.row(),
+        "bound_holds": r.error_ci[0] <= r.param,
+        "static_hit_at_same_error": static_hit,
+        "on_or_above_static": r.hit_rate >= static_hit,
     }
 
 
