@@ -11,16 +11,17 @@ import json
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 # entries per key cache (id-only search hits); beyond it lookups fall back to SQLite
 _KEY_CACHE_MAX = 500_000
+V = TypeVar("V")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -253,14 +254,7 @@ class DocStore:
         """
         out: dict[int, dict[str, Any]] = {}
         if not with_text:
-            missing = []
-            for c in cids:
-                key = self._chunk_keys.get(c)
-                if key is None:
-                    missing.append(c)
-                else:
-                    out[c] = _key_row(c, key)
-            cids = missing
+            out, cids = _from_cache(cids, self._chunk_keys, _key_row)
         cols = "d.title, d.text, d.metadata" if with_text else "'', '', '{}'"
         with self.reader() as conn:
             for part in _parts(list(cids)):
@@ -284,14 +278,7 @@ class DocStore:
         """dno -> document fields (``with_text=False``: id only, from the key cache where possible)."""
         out: dict[int, dict[str, Any]] = {}
         if not with_text:
-            missing = []
-            for d in dnos:
-                doc_id = self._doc_ids.get(d)
-                if doc_id is None:
-                    missing.append(d)
-                else:
-                    out[d] = {"dno": d, "id": doc_id, "title": "", "text": "", "metadata": {}, "chunk": 0}
-            dnos = missing
+            out, dnos = _from_cache(dnos, self._doc_ids, _id_row)
         cols = "title, text, metadata" if with_text else "'', '', NULL"
         with self.reader() as conn:
             for part in _parts(list(dnos)):
@@ -388,6 +375,25 @@ def _row(r: Sequence[Any]) -> dict[str, Any]:
         "text": r[7],
         "metadata": json.loads(r[8]),
     }
+
+
+def _from_cache(
+    keys: Sequence[int], cache: dict[int, V], row: Callable[[int, V], dict[str, Any]]
+) -> tuple[dict[int, dict[str, Any]], list[int]]:
+    """(rows of the keys ``cache`` holds, built by ``row``; the keys it lacks, to read from SQLite)."""
+    out: dict[int, dict[str, Any]] = {}
+    missing: list[int] = []
+    for k in keys:
+        hit = cache.get(k)
+        if hit is None:
+            missing.append(k)
+        else:
+            out[k] = row(k, hit)
+    return out, missing
+
+
+def _id_row(dno: int, doc_id: str) -> dict[str, Any]:
+    return {"dno": dno, "id": doc_id, "title": "", "text": "", "metadata": {}, "chunk": 0}
 
 
 def _key_row(cid: int, key: tuple[int, int, int, int, str]) -> dict[str, Any]:
