@@ -124,6 +124,16 @@ def test_rerank_shapes(server: str) -> None:
     ).json()
     assert len(co["results"]) == 1 and co["results"][0]["index"] == 1
     assert co["results"][0]["document"] == {"text": docs[1]} and co["model"] == "ms-marco-l12"
+    # Cohere v2 (cohere.ClientV2): same scores as v1, no documents echoed, an id and api_version meta
+    v1 = post(server, "/v1/rerank", {"query": "are cats mammals", "documents": docs}).json()
+    v2 = post(server, "/v2/rerank", {"model": "ms-marco-l12", "query": "are cats mammals", "documents": docs})
+    body = v2.json()
+    assert v2.status_code == 200 and body["id"] and body["meta"]["api_version"]["version"] == "2"
+    assert [r["index"] for r in body["results"]] == [r["index"] for r in v1["results"]]
+    assert [r["relevance_score"] for r in body["results"]] == [r["relevance_score"] for r in v1["results"]]
+    assert set(body["results"][0]) == {"index", "relevance_score"}
+    top = post(server, "/v2/rerank", {"query": "are cats mammals", "documents": docs, "top_n": 2}).json()
+    assert [r["index"] for r in top["results"]] == [r["index"] for r in v1["results"]][:2]
 
 
 BAD_REQUESTS = [
@@ -150,6 +160,16 @@ BAD_REQUESTS = [
     ("/v1/rerank", {"query": "", "documents": ["a"]}, 422, "query", "non-empty string"),
     ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": 0}, 422, "top_n", 1),
     ("/v1/rerank", {"query": "q", "documents": [{"txt": "a"}]}, 422, "documents[0].text", "str"),
+    ("/v2/rerank", {"model": "rerank-v3.5", "query": "q", "documents": ["a"]}, 422, "model", None),
+    ("/v2/rerank", {"query": "q", "documents": ["a"], "top_n": 0}, 422, "top_n", 1),
+    (
+        "/v2/rerank",
+        {"query": "q", "documents": ["a"], "max_tokens_per_doc": 64},
+        422,
+        "max_tokens_per_doc",
+        256,
+    ),
+    ("/v2/rerank", {"query": "q", "documents": []}, 422, "documents", 1),
 ]
 
 
@@ -323,6 +343,7 @@ FUZZ_OPS = [
     ("/embed", "POST"),
     ("/rerank", "POST"),
     ("/v1/rerank", "POST"),
+    ("/v2/rerank", "POST"),
     ("/info", "GET"),
 ]
 
