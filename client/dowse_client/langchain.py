@@ -198,10 +198,11 @@ class DowseCache(BaseCache):
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Feedback on the pending explore/miss lookup of this prompt, or a plain store."""
+        lookup_id = self._take(prompt, llm_string)
         if len(return_val) != 1:
             return
         text, scope = cache_key(prompt, llm_string)
-        answer, lookup_id = return_val[0].text, self._take(prompt, llm_string)
+        answer = return_val[0].text
         try:
             if lookup_id is not None:
                 try:
@@ -230,10 +231,11 @@ class DowseCache(BaseCache):
         """Async :meth:`update`."""
         if self.aclient is None:
             return await super().aupdate(prompt, llm_string, return_val)
+        lookup_id = self._take(prompt, llm_string)
         if len(return_val) != 1:
             return None
         text, scope = cache_key(prompt, llm_string)
-        answer, lookup_id = return_val[0].text, self._take(prompt, llm_string)
+        answer = return_val[0].text
         try:
             if lookup_id is not None:
                 try:

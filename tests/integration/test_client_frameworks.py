@@ -165,6 +165,24 @@ def test_langchain_chain_with_retriever_and_cache_serves_paraphrases_after_feedb
     assert len(served) >= 1 and all(q not in [p[0] for p in PHRASINGS.values()] for q in served), served
 
 
+async def test_langchain_cache_async_path(server: str) -> None:
+    ns = f"lc-async-{uuid.uuid4().hex[:8]}"
+    async with dc.AsyncDowseClient(server) as aclient:
+        cache = DowseCache(namespace=ns, aclient=aclient, max_error=0.1)
+        bot = SupportBot(cache=cache)
+        decisions = []
+        for question in ("How do I reset my password?", "How do I reset my password?"):
+            msg = await bot.ainvoke(question)
+            assert msg.content == ANSWERS["password"]
+            decisions.append(cache.last_lookup.decision if cache.last_lookup else None)
+        stats = await aclient.cache_stats(ns)
+        await cache.aclear()
+        assert (await aclient.cache_stats(ns))["entries"] == 0
+    # a fresh entry is explored (no observations yet); the explore's feedback was judged correct
+    assert decisions == ["miss", "explore"] and len(bot.calls) == 2
+    assert stats["feedback"] == 1 and stats["feedback_correct"] == 1 and stats["entries"] == 1
+
+
 async def test_llamaindex_retriever_and_embedding(server: str) -> None:
     body = SEARCHES[0]
     with dc.DowseClient(server) as client:
