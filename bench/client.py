@@ -205,7 +205,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"{ov['median']:.3f} [{ov['min']:.3f}, {ov['max']:.3f}] |"
         )
     return (
-        f"Machine: {res['machine']}. Command: `{res['command']}`. BM25 top-10 over "
+        f"Machine: {res['machine']}. BM25 top-10 over "
         f"{res['search']['collection_docs']} SciFact abstracts; "
         f"{len(res['end_to_end']['rounds'])} interleaved rounds.\n\n"
         "| path | raw httpx ms (median) | dowse_client ms (median) "
