@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexer.errors import CollectionNotFound
 from services.errors import error_body
-from services.keys import AuthUnavailable, KeyStore, KeyVerifier, Principal
+from services.keys import AuthUnavailable, KeyStore, KeyVerifier, Principal, parse_key
 from services.quota import Limiter, retry_after
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,15 @@ class Guard:
         return self._on
 
 
+def _key_label(scope: Scope) -> str:
+    """What a refused request carried, safe to log: a key's public id at most, never the key."""
+    header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+    if header is None:
+        return "no key"
+    key_id = parse_key(header.decode("latin-1").partition(" ")[2].strip())
+    return f"key id {key_id}" if key_id else "not a Dowse key"
+
+
 def _reply(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content=body, headers=headers)
 
@@ -223,6 +232,7 @@ class AuthMiddleware:
             await _reply(503, {"error": exc.to_dict()}, {"Retry-After": "1"})(scope, receive, send)
             return
         if principal is None:
+            log.info("auth: 401 %s %s (%s)", scope["method"], scope["path"], _key_label(scope))
             body = error_body("unauthorized", "missing or unknown API key (Authorization: Bearer <key>)")
             await _reply(401, body, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
             return
