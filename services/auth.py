@@ -13,6 +13,7 @@ accept only ``DOWSE_SERVICE_TOKEN``, which the gateway's HTTP clients send.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -193,7 +194,7 @@ class Guard:
         if self.store is not None and now - self._flag_at >= self.flag_ttl_s:
             self._flag_at = now
             try:
-                self._on = await self.store.enabled()
+                self._on = await asyncio.wait_for(self.store.enabled(), 0.1)
             except Exception:  # Redis down: keep the last answer (once on, on for good)
                 log.debug("auth: key flag unreadable")
         return self._on

@@ -14,7 +14,8 @@ Layout (one Redis hash, so ``list`` is one HGETALL):
 Each process caches records for ``ttl_s`` (default 2 s), so a revocation reaches every replica within
 that TTL (< 5 s) with no pub/sub. While Redis is unreachable a record fetched within the last
 ``stale_s`` is still honoured (a revocation cannot be written then either); older or unknown keys fail
-closed with 503.
+closed with 503. After a failure Redis is not asked again for ``down_s`` (1 s), so an outage costs a
+request at most one ``op_timeout_s`` (0.1 s) wait per second, not one per key.
 """
 
 from __future__ import annotations
@@ -218,13 +219,15 @@ class KeyVerifier:
         service_token: str | None = None,
         ttl_s: float = 2.0,
         stale_s: float = 60.0,
-        op_timeout_s: float = 0.5,
+        op_timeout_s: float = 0.1,
+        down_s: float = 1.0,
         max_entries: int = 10_000,
     ) -> None:
         self.store = store
         self._admin = key_hash(admin_key) if admin_key else None
         self._service = key_hash(service_token) if service_token else None
-        self.ttl_s, self.stale_s, self.op_timeout_s = ttl_s, stale_s, op_timeout_s
+        self.ttl_s, self.stale_s, self.op_timeout_s, self.down_s = ttl_s, stale_s, op_timeout_s, down_s
+        self._down_until = 0.0
         self.max_entries = max_entries
         self._cache: OrderedDict[str, tuple[KeyRecord | None, float]] = OrderedDict()
 
@@ -252,8 +255,12 @@ class KeyVerifier:
             return cached[0]
         assert self.store is not None
         try:
+            if now < self._down_until:  # Redis failed under a second ago: do not wait on it again
+                raise ConnectionError("key store marked down")
             rec = await asyncio.wait_for(self.store.get(key_id), self.op_timeout_s)
         except Exception as exc:  # Redis down or slow: honour a recent record, else fail closed
+            if now >= self._down_until:
+                self._down_until = now + self.down_s
             if cached is not None and cached[0] is not None and now - cached[1] < self.stale_s:
                 return cached[0]
             raise AuthUnavailable("the key store (Redis) is unavailable", field="authorization") from exc

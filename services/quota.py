@@ -70,7 +70,7 @@ class LocalBucket:
 class Limiter:
     """``take(key_id, kind, rate, burst, cost)`` -> 0 or the seconds to wait (for Retry-After)."""
 
-    def __init__(self, redis: Any | None, *, op_timeout_s: float = 0.05, down_s: float = 1.0) -> None:
+    def __init__(self, redis: Any | None, *, op_timeout_s: float = 0.1, down_s: float = 1.0) -> None:
         self.redis = redis
         self.op_timeout_s, self.down_s = op_timeout_s, down_s
         self._script: Any = redis.register_script(_SCRIPT) if redis is not None else None
