@@ -131,6 +131,17 @@ def match(method: str, path: str) -> tuple[str, Rule, dict[str, str]] | None:
     return None
 
 
+def route_path(scope: Scope) -> str:
+    """The path the router matches: ``path`` less ``root_path`` (as ``starlette._utils.get_route_path``)."""
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    if not root or not path.startswith(root):
+        return path
+    if path == root:
+        return ""
+    return path[len(root) :] if path[len(root)] == "/" else path
+
+
 def out_of_scope(resource: str, name: str) -> dict[str, Any]:
     """The body a missing collection / namespace answers with (an out-of-scope one answers the same)."""
     if resource == C:
@@ -223,7 +234,7 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        found = match(scope["method"], scope["path"])
+        found = match(scope["method"], route_path(scope))
         if (found is not None and found[1].kinds == OPEN) or not await self.guard.enforcing():
             await self.app(scope, receive, send)
             return

@@ -127,3 +127,19 @@ def test_auth_off_and_auto_without_keys_keep_todays_behaviour() -> None:
     assert _call(app, "GET", "/metrics").status_code == 200
     app = create_app(_settings(auth="auto", service_token=None), ["embedder"])
     assert _call(app, "GET", "/metrics").status_code == 200
+
+
+def test_route_path_strips_root_path_like_starlette() -> None:
+    """Behind a proxy prefix the middleware matches the same path the router does."""
+    from starlette._utils import get_route_path
+
+    from services.auth import route_path
+
+    for path, root in (
+        ("/api/v1/search", "/api"),
+        ("/v1/search", ""),
+        ("/apix/v1", "/api"),
+        ("/api", "/api"),
+    ):
+        scope = {"path": path, "root_path": root}
+        assert route_path(scope) == get_route_path(scope)  # type: ignore[arg-type]
