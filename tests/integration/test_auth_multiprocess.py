@@ -75,6 +75,8 @@ def gateways(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
     finally:
         for p in procs:
             p.stop()
+        # no key or auth flag left behind: other tests' gateways in this Redis run DOWSE_AUTH=auto
+        redis.Redis.from_url(redis_url).flushdb()
 
 
 def _stats(url: str, key: str | None, ns: str = "demo") -> httpx.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,10 @@ def _s(**kw: Any) -> ServeSettings:
 
 
 @pytest.fixture
-def no_keys() -> None:
+def no_keys() -> Iterator[None]:
+    """No auth flag before or after (other tests' gateways in this Redis run DOWSE_AUTH=auto)."""
+    redis.Redis.from_url(REDIS_URL).delete(ENABLED_FLAG)
+    yield
     redis.Redis.from_url(REDIS_URL).delete(ENABLED_FLAG)
 
 

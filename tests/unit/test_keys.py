@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from embedder.errors import InvalidInput
-from services.keys import KEYS_HASH, AuthUnavailable, KeyStore, KeyVerifier, Principal, key_hash, parse_key
+from services.keys import (
+    ENABLED_FLAG,
+    KEYS_HASH,
+    AuthUnavailable,
+    KeyStore,
+    KeyVerifier,
+    Principal,
+    key_hash,
+    parse_key,
+)
 from tests.conftest import REDIS_URL
 
 pytestmark = [pytest.mark.timeout(60)]
+
+
+@pytest.fixture(autouse=True)
+def _clean() -> Iterator[None]:
+    """Leave no key (nor the auth flag) behind: other tests' gateways in this Redis run DOWSE_AUTH=auto."""
+    yield
+    redis.Redis.from_url(REDIS_URL).delete(KEYS_HASH, ENABLED_FLAG)
 
 
 async def test_create_stores_only_the_hash_and_verifies() -> None:
