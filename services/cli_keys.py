@@ -58,7 +58,7 @@ def _run(redis_url: str | None, fn: Any) -> Any:
 
 
 def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%MZ")
 
 
 RedisOpt = Annotated[str | None, typer.Option("--redis-url", help="key store (DOWSE_REDIS_URL)")]
@@ -121,7 +121,7 @@ def list_keys(
             _when(r.expires_at),
             state,
         )
-    Console().print(table)
+    Console(width=160).print(table)
 
 
 @keys_app.command("revoke")
