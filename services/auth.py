@@ -85,6 +85,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/embed"): Rule(("embed",), texts=_n("inputs")),
     ("POST", "/rerank"): Rule(("embed",), texts=_n("texts")),
     ("POST", "/v1/rerank"): Rule(("embed",), texts=_n("documents")),
+    ("POST", "/v2/rerank"): Rule(("embed",), texts=_n("documents")),
     ("GET", "/info"): Rule(("embed",)),
     # indexer role
     ("POST", "/v1/collections"): Rule(("admin",)),
