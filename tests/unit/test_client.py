@@ -259,3 +259,10 @@ def test_async_client_has_every_sync_method_as_a_coroutine() -> None:
     for name in asy - {"iter_job"}:
         assert inspect.iscoroutinefunction(getattr(dc.AsyncDowseClient, name)), name
     assert inspect.isasyncgenfunction(dc.AsyncDowseClient.iter_job)
+
+
+def test_unexpected_success_body_is_a_typed_error() -> None:
+    client = _client(lambda _r: httpx.Response(200, text="<html>proxy login</html>"))
+    with client, pytest.raises(errors.APIError) as info:
+        client.search("c", "q")
+    assert info.value.type == "bad_response" and info.value.status_code == 200 and "proxy" in info.value.body
