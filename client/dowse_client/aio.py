@@ -19,6 +19,7 @@ from dowse_client._base import (
     error_for,
     log_write_failure,
     needs_write,
+    parse_ok,
     should_retry,
 )
 
@@ -81,7 +82,7 @@ class AsyncDowseClient(_Settings):
             except httpx.TransportError as exc:
                 raise errors.TransportError(f"{call.method} {call.path}: {exc}") from exc
             if resp.status_code < 400:
-                return call.parse(resp.json())
+                return parse_ok(call.parse, resp)
             wait = should_retry(resp, attempt, self.retry)
             if wait is None:
                 raise error_for(resp)
