@@ -232,6 +232,10 @@ class AuthMiddleware:
         self.app, self.guard = app, guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and await self.guard.enforcing():
+            await receive()  # no websocket route is in the table: refuse the handshake (fail-closed)
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

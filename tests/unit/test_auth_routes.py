@@ -143,3 +143,21 @@ def test_route_path_strips_root_path_like_starlette() -> None:
     ):
         scope = {"path": path, "root_path": root}
         assert route_path(scope) == get_route_path(scope)  # type: ignore[arg-type]
+
+
+def test_websockets_are_refused_when_auth_is_on() -> None:
+    """No websocket route is in the table: a handshake is closed (1008) before any route sees it."""
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    app = create_app(_settings(), ["gateway"])
+
+    @app.websocket("/v1/ws")
+    async def ws(sock: WebSocket) -> None:
+        await sock.accept()
+        await sock.send_text("leak")
+
+    client = TestClient(app)  # no `with`: no lifespan, the middleware answers first
+    with pytest.raises(WebSocketDisconnect) as exc, client.websocket_connect("/v1/ws") as sock:
+        sock.receive_text()
+    assert exc.value.code == 1008
