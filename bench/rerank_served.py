@@ -118,18 +118,26 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 
 def ingest(client: httpx.Client, docs: list[dict[str, Any]], batch: int = 128) -> float:
-    """Create the collection and upsert every document over HTTP (skipped if already complete)."""
+    """Create the collection and upsert every document over HTTP, resuming a cut-off earlier run.
+
+    Batches go in corpus order and each is one transaction, so ``n`` stored documents mean the first
+    ``n`` are in; a collection with more documents than this run's corpus is rebuilt.
+    """
     r = client.get(f"/v1/collections/{COLL}")
-    if r.status_code == 200 and r.json()["stats"]["documents"] == len(docs):
-        return 0.0
-    if r.status_code == 200:
+    have = r.json()["stats"]["documents"] if r.status_code == 200 else 0
+    if r.status_code == 200 and have > len(docs):
         client.delete(f"/v1/collections/{COLL}").raise_for_status()
-    client.post("/v1/collections", json={"name": COLL, "model": "minilm"}).raise_for_status()
-    t0 = time.perf_counter()
-    for i in range(0, len(docs), batch):
+        have = 0
+    if have == len(docs):
+        return 0.0
+    if have == 0:
         client.post(
-            f"/v1/collections/{COLL}/documents", json={"documents": docs[i : i + batch]}
+            "/v1/collections", json={"name": COLL, "model": "minilm", "exist_ok": True}
         ).raise_for_status()
+    t0 = time.perf_counter()
+    for i in range(have // batch * batch, len(docs), batch):
+        body = {"documents": docs[i : i + batch]}
+        client.post(f"/v1/collections/{COLL}/documents", json=body).raise_for_status()
         if (i // batch) % 8 == 0:
             print(f"  ingested {i + batch}/{len(docs)} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return time.perf_counter() - t0
@@ -141,6 +149,25 @@ def search(client: httpx.Client, query: str, **extra: Any) -> tuple[dict[str, An
     r = client.post("/v1/search", json={"collection": COLL, "query": query, "top_k": 10, **extra})
     r.raise_for_status()
     return r.json(), time.perf_counter() - t0
+
+
+def answer(client: httpx.Client, text: str, probe_weight: float, no_probe: bool) -> dict[str, Any]:
+    """One query's (body, seconds) for hybrid, served rerank and (unless ``no_probe``) the probe."""
+    rec: dict[str, Any] = {
+        "hybrid": search(client, text, mode="hybrid"),
+        "served": search(client, text, mode="hybrid", rerank=True, explain=True),
+    }
+    if not no_probe:
+        extra = {"rerank_weight": probe_weight, "rerank_top_n": 20, "top_k": 20, "explain": True}
+        rec["probe"] = search(client, text, mode="hybrid", rerank=True, **extra)
+    for k in ("hybrid", "served"):  # keep the checkpoint small: ids and explain only
+        for h in rec[k][0]["hits"]:
+            h.pop("text", None)
+            h.pop("title", None)
+    for h in rec.get("probe", ({"hits": []}, 0))[0]["hits"]:
+        h.pop("text", None)
+        h.pop("title", None)
+    return rec
 
 
 def as_run(order: list[str]) -> dict[str, float]:
@@ -185,6 +212,7 @@ def main() -> None:
     ap.add_argument("--no-probe", action="store_true", help="skip the grid probe (no cross-encoder pass)")
     ap.add_argument("--tag", default="", help="suffix of the output files")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` stops us: still stop the server
 
     docs, queries, qrels = load(args.queries, args.docs)
     data_dir = args.data_dir or REPO / ".cache" / "bench-rerank" / str(args.docs or "full")
@@ -205,31 +233,40 @@ def main() -> None:
         weights: set[float] = set()
         probes: dict[str, list[dict[str, Any]]] = {}
         mismatch = 0
+        # every query's three answers are appended here, so that a run cut off by its time limit resumes
+        progress = data_dir / f"progress-{len(docs)}-{args.probe_weight}-{int(args.no_probe)}.jsonl"
+        done = {}
+        if progress.exists():
+            for line in progress.read_text().splitlines():
+                rec = json.loads(line)
+                done[rec["qid"]] = rec
+        out = progress.open("a")
         t0 = time.perf_counter()
         for n, (qid, text) in enumerate(queries.items()):
-            body, s = search(client, text, mode="hybrid")
-            runs["hybrid"][qid] = as_run([h["id"] for h in body["hits"]])
-            lat["hybrid"].append(s)
-            degraded["hybrid"] += bool(body["degraded"])
-            body, s = search(client, text, mode="hybrid", rerank=True, explain=True)
-            runs["served"][qid] = as_run([h["id"] for h in body["hits"]])
-            lat["served"].append(s)
-            degraded["served"] += bool(body["degraded"])
-            rr = body["hits"][0]["explain"]["rerank"] if body["hits"] else None
+            if qid in done:
+                rec = done[qid]
+            else:
+                rec = {"qid": qid, **answer(client, text, args.probe_weight, args.no_probe)}
+                out.write(json.dumps(rec) + "\n")
+                out.flush()
+            for k in runs:
+                if k not in rec:
+                    continue
+                body, s = rec[k]
+                degraded[k] += bool(body["degraded"])
+                lat[k].append(s)
+                runs[k][qid] = as_run([h["id"] for h in body["hits"][:10]])
+            rr = rec["served"][0]["hits"][0]["explain"]["rerank"] if rec["served"][0]["hits"] else None
             if rr is not None:
                 sources[rr["weight_source"]] = sources.get(rr["weight_source"], 0) + 1
                 weights.add(rr["weight"])
-            if not args.no_probe:
-                extra = {"rerank_weight": args.probe_weight, "rerank_top_n": 20, "top_k": 20, "explain": True}
-                body, s = search(client, text, mode="hybrid", rerank=True, **extra)
-                degraded["probe"] += bool(body["degraded"])
-                lat["probe"].append(s)
-                hits = body["hits"]
+            if "probe" in rec:
+                hits = rec["probe"][0]["hits"]
                 probes[qid] = hits
-                runs["probe"][qid] = as_run([h["id"] for h in hits[:10]])
                 mismatch += probe_order(hits, args.probe_weight)[:10] != [h["id"] for h in hits[:10]]
             if n % 25 == 0:
                 print(f"  {n}/{len(queries)} queries ({time.perf_counter() - t0:.0f} s)", flush=True)
+        out.close()
         search_s = time.perf_counter() - t0
     finally:
         stop_server(proc)
@@ -267,6 +304,7 @@ def main() -> None:
             "served_weights": sorted(weights),
             "probe_weight": None if args.no_probe else args.probe_weight,
             "probe_offline_order_mismatches": mismatch,
+            "resumed_queries": len(done),
             "degraded": degraded,
             "ingest_s": round(ingest_s, 1),
             "search_s": round(search_s, 1),
@@ -282,6 +320,7 @@ def main() -> None:
     stem = f"rerank_served{args.tag}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(result))
+    progress.unlink()  # complete: a later run measures afresh
     print(markdown(result))
 
 
