@@ -55,7 +55,8 @@ class SearchBody(BaseModel):
         None,
         ge=0,
         le=1,
-        description="weight of the cross-encoder score vs the first stage (1 = plain CE order)",
+        description="weight of the cross-encoder score vs the first stage (1 = plain CE order); default: "
+        "chosen by `dowse eval` for the collection, else built in per first stage (GET /v1/search/defaults)",
     )
     filters: dict[str, Any] | None = Field(
         None, description='metadata filters: {"year": 2020}, {"tag": {"in": [..]}}, {"year": {"gte": 2000}}'
@@ -132,6 +133,18 @@ async def search(body: SearchBody, request: Request) -> JSONResponse:
     if resp.degraded:
         SEARCH_DEGRADED.labels(body.mode).inc()
     return JSONResponse(_body(resp), headers={"Server-Timing": _server_timing(resp.timings_ms)})
+
+
+@router.get(
+    "/v1/search/defaults/{collection}",
+    responses={404: {"description": "unknown collection"}, 422: {"description": "invalid name"}},
+)
+async def search_defaults(collection: str, request: Request) -> dict[str, Any]:
+    """The rerank weight served per first stage on a collection and where it came from."""
+    pipeline: SearchPipeline | None = getattr(request.app.state, "search_pipeline", None)
+    if pipeline is None:
+        raise NotReady("search pipeline is not started", field="gateway")
+    return await pipeline.served_defaults(collection)
 
 
 def build_pipeline(settings: Any, embedder: Any, indexer: Any) -> SearchPipeline:

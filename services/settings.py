@@ -111,8 +111,12 @@ class GatewaySettings(CacheSettings):
     search_candidates: int = 100  # hits per retriever before fusion (default; per request: candidates)
     search_alpha: float = 0.5  # convex fusion weight of the dense list (untuned default)
     rerank_top_n: int = 20  # fused candidates sent to the cross-encoder
-    rerank_weight: float = Field(
-        default=0.1, ge=0.0, le=1.0, description="CE weight vs first stage; 1 = CE order"
+    rerank_weight: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="CE weight vs first stage for collections without a `dowse eval` choice; unset = "
+        "the built-in weight per first stage (gateway.search_defaults)",
     )
     rerank_model: str | None = None  # None = the embedder's default cross-encoder (ms-marco-l12)
 

@@ -166,3 +166,16 @@ async def test_start_wires_clients_and_readiness() -> None:
     bare.state.ready_checks = []
     with pytest.raises(RuntimeError, match="embedder"):
         await gateway_api.start(bare, GatewaySettings())
+
+
+@schema.include(path="/v1/search/defaults/{collection}").parametrize()
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+def test_fuzz_search_defaults_never_5xx(case: Any) -> None:
+    """Any collection path segment: 200, 404 or 422 naming the field, never a 5xx."""
+    response = case.call()
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        err = response.json()["error"]
+        assert err["type"] and err["message"], response.text
+        if response.status_code == 422:
+            assert err["field"] == "collection", response.text
