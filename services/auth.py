@@ -103,6 +103,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/collections/{name}/jobs/{job_id}"): Rule(("write",), C, path="name"),
     # gateway role: search, cache, aliases, keys
     ("POST", "/v1/search"): Rule(("search",), C, body="collection", texts=_search_texts),
+    ("GET", "/v1/search/defaults/{collection}"): Rule(("search",), C, path="collection"),
     ("POST", "/v1/cache/lookup"): Rule(("cache",), NS, body="namespace"),
     ("POST", "/v1/cache/store"): Rule(("cache",), NS, body="namespace"),
     # lookup_id alone: the handler checks the lookup's namespace (services.cache_api.feedback)
