@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.errors import error_body, install_error_handlers
+from services.guard import DEFAULT_MAX_BODY_BYTES, RequestGuard, default_allowed_hosts
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,14 @@ def create_app(settings: Any, roles: Iterable[str] = ALL_ROLES) -> FastAPI:
     app.state.roles = roles
     app.state.ready_checks: list[tuple[str, Callable[[], bool]]] = []
     install_error_handlers(app)
+    allowed = getattr(settings, "allowed_hosts", None)
+    if allowed is None:
+        allowed = default_allowed_hosts(str(getattr(settings, "host", "127.0.0.1")))
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=int(getattr(settings, "max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
+        allowed_hosts=None if "*" in allowed else allowed,
+    )
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, Any]:
