@@ -83,6 +83,9 @@ class CacheSettings(CommonSettings):
     cache_min_similarity: float = 0.0  # adaptive: a nearest neighbour below this is a plain miss
     # one feedback source (API key / client address) adds one observation per answer group and score bin
     cache_source_bin: float = Field(0.02, ge=0, le=2, description="0 = every feedback counts")
+    cache_min_sources: int = Field(
+        2, ge=1, description="distinct feedback sources before adaptive evidence serves (1 = one trusted app)"
+    )
     cache_contrast_weight: float = Field(
         0.75, ge=0, le=2, description="adaptive: weight of the closest other answer's similarity (0 = off)"
     )
