@@ -6,7 +6,8 @@ Checks that hold for any route, so that a route added later cannot miss them:
 - **body size**: a body over ``max_body_bytes`` is refused with 413 before it is parsed, from its
   ``Content-Length`` or, for a streamed body, as soon as the bytes received pass the limit;
 - **JSON content**: every string and key must be encodable as UTF-8 (no lone surrogates such as
-  ``"\\ud800"``), integers must fit in 64 bits and nesting is at most ``MAX_JSON_DEPTH`` levels. A
+  ``"\\ud800"``), numbers must be finite (no ``NaN``/``Infinity``/``1e999``), integers must fit in 64 bits
+  and nesting is at most ``MAX_JSON_DEPTH`` levels. A
   violation answers 422 naming the field (``documents[0].metadata.x``), never a 500.
 
 The JSON checks cost a second parse only when the raw bytes could hold a violation (a surrogate escape,
@@ -16,6 +17,7 @@ a run of 19+ digits, or more brackets than the depth limit); plain small request
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -31,7 +33,10 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
 _SUSPECT_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_RAW_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")  # UTF-8-encoded surrogates: json.loads passes them
+# 19+ digits (an int beyond 64 bits) or a 3-digit exponent (a float that overflows to inf), in one pass;
+# NaN / Infinity literals (not JSON, but Python's parser takes them) are found with plain substring tests
+_BIG_NUMBER = re.compile(rb"[0-9]{19}|[eE]\+?[0-9]{3}")
 
 
 class GuardRejection(Exception):
@@ -101,7 +106,12 @@ def check_json_value(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
                 raise GuardRejection(
                     422, "invalid_input", f"{_field(path)}: not valid Unicode (lone surrogate)", _field(path)
                 )
-        elif isinstance(node, bool) or node is None or isinstance(node, float):
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise GuardRejection(
+                    422, "invalid_input", f"{_field(path)}: numbers must be finite", _field(path)
+                )
+        elif isinstance(node, bool) or node is None:
             continue
         elif isinstance(node, int):
             if not INT64[0] <= node <= INT64[1]:
@@ -135,7 +145,11 @@ def check_json_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
     suspect = (
         body.count(b"[") + body.count(b"{") > max_depth
         or _SUSPECT_ESCAPE.search(body) is not None
-        or _LONG_DIGITS.search(body) is not None
+        or _RAW_SURROGATE.search(body) is not None
+        or b"\x00" in body[:4]  # UTF-16/32 (json.loads detects them, surrogates included)
+        or b"NaN" in body
+        or b"Infinity" in body
+        or _BIG_NUMBER.search(body) is not None
     )
     if not suspect:
         return

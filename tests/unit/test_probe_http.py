@@ -95,6 +95,32 @@ async def test_lone_surrogate_anywhere_is_422_naming_the_field(
     assert (await client.get("/v1/collections/c")).json()["stats"]["documents"] == 5  # nothing written
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"ids": ["\xed\xa0\x80"]}',  # the surrogate as raw (CESU-8) bytes, not as an escape
+        '{"ids": ["\ud800"]}'.encode("utf-16-le", "surrogatepass"),
+        '{"ids": ["\ud800"]}'.encode("utf-16", "surrogatepass"),
+    ],
+)
+async def test_surrogates_in_raw_bytes_and_other_encodings(client: httpx.AsyncClient, body: bytes) -> None:
+    r = await client.post("/v1/collections/c/documents/get", content=body, headers=JSON)
+    assert r.status_code in (400, 422), r.text
+    if r.status_code == 422:
+        assert r.json()["error"]["field"] == "ids[0]"
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+async def test_non_finite_numbers_are_422(client: httpx.AsyncClient, number: str) -> None:
+    body = f'{{"documents": [{{"id": "n", "text": "t", "metadata": {{"x": {number}}}}}]}}'
+    r = await client.post("/v1/collections/c/documents", content=body.encode(), headers=JSON)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "documents[0].metadata.x", r.text
+    r = await client.post(
+        "/v1/collections/c/search/lexical", content=f'{{"query": "a", "k": {number}}}', headers=JSON
+    )
+    assert r.status_code == 422 and r.json()["error"]["field"] == "k", r.text
+
+
 def nested(depth: int) -> Any:
     value: Any = "leaf"
     for _ in range(depth):
