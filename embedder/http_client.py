@@ -72,9 +72,8 @@ async def request_json(
     except httpx.TimeoutException as exc:
         raise DependencyFailed(f"{service} timed out on {path}", field=service) from exc
     except httpx.HTTPError as exc:
-        raise DependencyFailed(
-            f"{service} unreachable at {client.base_url}: {type(exc).__name__}", field=service
-        ) from exc
+        log.warning("%s unreachable at %s: %r", service, client.base_url, exc)
+        raise DependencyFailed(f"{service} is unreachable", field=service) from exc
     if resp.status_code >= 300:
         raise error_from_response(resp, service, unknown)
     try:

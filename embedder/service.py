@@ -107,8 +107,8 @@ class EmbeddingService:
         """Load the models in a worker thread, then start the batchers; sets ``ready``."""
         try:
             await asyncio.to_thread(self.load)
-        except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
+        except Exception:
+            self.load_error = "models failed to load (see the server log)"  # no paths or classes to clients
             log.exception("embedder failed to load models")
             raise
         if self.batching:

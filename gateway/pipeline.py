@@ -59,7 +59,7 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, DowseError):
         return exc.message
-    return type(exc).__name__
+    return "failed"  # the exception class is logged, never shown to clients
 
 
 class SearchPipeline:
@@ -105,7 +105,7 @@ class SearchPipeline:
         lim = self.limits
         if not isinstance(req.collection, str) or not req.collection.strip():
             raise InvalidSearch("collection must be a non-empty string", field="collection")
-        if not NAME_RE.match(req.collection):
+        if not NAME_RE.fullmatch(req.collection):
             raise InvalidSearch(
                 f"collection name must match {NAME_RE.pattern}", field="collection", limit=NAME_RE.pattern
             )
@@ -188,7 +188,7 @@ class SearchPipeline:
             raise SearchFailed(f"indexer {name} timed out after {timeout_s:.1f} s", field="indexer") from exc
         except Exception as exc:
             log.exception("indexer %s failed", name)
-            raise SearchFailed(f"indexer {name} failed: {type(exc).__name__}", field="indexer") from exc
+            raise SearchFailed(f"indexer {name} failed", field="indexer") from exc
 
     def _remaining(self, timer: _Timer) -> float:
         return self.search_timeout_s - timer.elapsed_s()

@@ -13,7 +13,7 @@ from typing import Any
 from indexer.errors import InvalidCollectionSpec
 
 SCHEMA_VERSION = 1
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch (``$`` allows "name\n")
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf-pq")
 CODES = (None, "sq8", "binary")
 METRICS = ("cosine", "ip", "l2")
@@ -125,7 +125,7 @@ class Manifest:
 
 def validate_name(name: str) -> str:
     """A collection name is 1-64 chars of letters, digits, ``_.-`` (no leading punctuation)."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidCollectionSpec(
             "collection name must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}", field="name", limit=NAME_RE.pattern
         )

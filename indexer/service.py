@@ -29,6 +29,7 @@ from indexer.errors import (
     ManifestMismatch,
 )
 from indexer.filters import compile_filters
+from indexer.import_roots import import_roots
 from indexer.jobs import IngestJobs
 from indexer.manifest import ANALYZERS, METRICS, IndexSpec, Manifest, validate_name
 from indexer.store import PreparedDoc
@@ -66,7 +67,8 @@ class IndexerService(IngestJobs):
         self.max_doc_chars = max_doc_chars
         self.embed_batch = embed_batch
         self.snapshot_every = snapshot_every
-        self.job_roots = [p.resolve() for p in job_roots] if job_roots else None
+        # ingest jobs started through the API read only files under these (imports first)
+        self.job_roots = import_roots(Path(data_dir), job_roots)
         self._collections: dict[str, Collection] = {}
         self._chunkers: dict[str, Chunker] = {}
         self._create_lock = asyncio.Lock()
@@ -294,7 +296,8 @@ class IndexerService(IngestJobs):
             except DowseError:
                 raise
             except Exception as exc:
-                raise DependencyFailed(f"embedder failed: {type(exc).__name__}", field="embedder") from exc
+                log.warning("embedder call failed: %r", exc)
+                raise DependencyFailed("embedder failed", field="embedder") from exc
             vec = np.asarray(res.vectors, dtype=np.float32)
             if vec.shape != (len(batch), man.dims):
                 raise ManifestMismatch(
@@ -321,7 +324,8 @@ class IndexerService(IngestJobs):
         except DowseError:
             raise
         except Exception as exc:
-            raise DependencyFailed(f"embedder failed: {type(exc).__name__}", field="embedder") from exc
+            log.warning("embedder call failed: %r", exc)
+            raise DependencyFailed("embedder failed", field="embedder") from exc
 
     async def _check_revision(self, man: Manifest) -> None:
         """Refuse writes when the embedder now serves another revision of the pinned model (cached 60 s)."""

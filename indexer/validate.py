@@ -13,6 +13,23 @@ MAX_ID_CHARS = 512
 MAX_TITLE_CHARS = 4096
 MAX_METADATA_BYTES = 65_536
 MAX_QUERY_CHARS = 10_000
+MAX_METADATA_DEPTH = 32  # levels of objects/lists inside metadata (deeper ones broke every later read)
+INT64_MAX = 2**63 - 1
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), counted iteratively; stops once past ``limit``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, depth) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def validate_document(doc: Any, where: str | int, max_doc_chars: int) -> None:
@@ -23,13 +40,15 @@ def validate_document(doc: Any, where: str | int, max_doc_chars: int) -> None:
     doc_id = doc.get("id")
     if not isinstance(doc_id, str) or not doc_id.strip():
         raise InvalidDocument(f"{f}.id must be a non-empty string", field=f"{f}.id")
-    if len(doc_id) > MAX_ID_CHARS or any(ord(c) < 32 for c in doc_id):
+    if len(doc_id) > MAX_ID_CHARS or any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in doc_id):
         raise InvalidDocument(
             f"{f}.id: at most {MAX_ID_CHARS} printable characters", field=f"{f}.id", limit=MAX_ID_CHARS
         )
     text = doc.get("text")
     if not isinstance(text, str) or not text.strip():
         raise InvalidDocument(f"{f}.text must be a non-empty string", field=f"{f}.text")
+    if not _encodable(text):
+        raise InvalidDocument(f"{f}.text is not valid Unicode (lone surrogate)", field=f"{f}.text")
     if len(text) > max_doc_chars:
         raise DocumentTooLarge(
             f"{f}.text has {len(text)} characters, over the limit",
@@ -43,14 +62,23 @@ def validate_document(doc: Any, where: str | int, max_doc_chars: int) -> None:
             field=f"{f}.title",
             limit=MAX_TITLE_CHARS,
         )
+    if not _encodable(title):
+        raise InvalidDocument(f"{f}.title is not valid Unicode (lone surrogate)", field=f"{f}.title")
     meta = doc.get("metadata") or {}
     if not isinstance(meta, dict):
         raise InvalidDocument(f"{f}.metadata must be a JSON object", field=f"{f}.metadata")
+    if json_depth(meta, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
+        raise InvalidDocument(
+            f"{f}.metadata is nested more than {MAX_METADATA_DEPTH} levels deep",
+            field=f"{f}.metadata",
+            limit=MAX_METADATA_DEPTH,
+        )
     try:
         raw = json.dumps(meta, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
+        raw.encode()
+    except (TypeError, ValueError, RecursionError):  # NaN, non-JSON values, lone surrogates
         raise InvalidDocument(
-            f"{f}.metadata is not JSON-serialisable: {exc}", field=f"{f}.metadata"
+            f"{f}.metadata is not JSON of finite numbers and valid Unicode", field=f"{f}.metadata"
         ) from None
     if len(raw.encode()) > MAX_METADATA_BYTES:
         raise DocumentTooLarge(
@@ -58,6 +86,14 @@ def validate_document(doc: Any, where: str | int, max_doc_chars: int) -> None:
             field=f"{f}.metadata",
             limit=MAX_METADATA_BYTES,
         )
+
+
+def _encodable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_batch(docs: Any, max_batch_docs: int, max_doc_chars: int) -> None:

@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.auth import AuthMiddleware, Guard
 from services.errors import error_body, install_error_handlers
+from services.guard import DEFAULT_MAX_BODY_BYTES, RequestGuard, default_allowed_hosts
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,14 @@ def create_app(settings: Any, roles: Iterable[str] = ALL_ROLES) -> FastAPI:
     auth_redis = _auth_redis(settings) if "gateway" in roles else None
     app.state.auth_guard = Guard(settings, roles, auth_redis)
     app.add_middleware(AuthMiddleware, guard=app.state.auth_guard)
+    allowed = getattr(settings, "allowed_hosts", None)
+    if allowed is None:
+        allowed = default_allowed_hosts(str(getattr(settings, "host", "127.0.0.1")))
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=int(getattr(settings, "max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
+        allowed_hosts=None if "*" in allowed else allowed,
+    )
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, Any]:

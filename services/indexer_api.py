@@ -288,7 +288,7 @@ async def _demo(svc: IndexerService, corpus: Path, model: str) -> None:
     except DowseError as exc:
         log.error("demo collection not created: %s", exc.message)
         return
-    job = await svc.start_job(DEMO_COLLECTION, corpus)
+    job = await svc.start_local_job(DEMO_COLLECTION, corpus)  # the operator's file: no import roots
     log.info("demo ingest of %s started as job %s", corpus, job["id"])
 
 

@@ -29,6 +29,9 @@ class CommonSettings(BaseSettings):
     service_token: SecretStr | None = None  # gateway -> embedder/indexer; separate roles accept only it
     insecure: bool = False  # allow serving a non-loopback address with auth off
     auth_cache_ttl_s: float = Field(2.0, gt=0, le=5, description="key records cached per process")
+    # Host names served (DNS rebinding guard); None: loopback names + `host`, or any when bound to 0.0.0.0
+    allowed_hosts: list[str] | None = None
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request bodies over this: 413")
 
     def model_cache_dir(self) -> Path:
         """Where exported models live."""
@@ -64,7 +67,8 @@ class IndexerSettings(CommonSettings):
     max_batch_docs: int = 1000
     max_doc_chars: int = 1_000_000
     snapshot_every: int = 20_000  # dense snapshot after this many chunk changes (SQLite replays the rest)
-    job_roots: list[Path] | None = None  # ingest jobs over HTTP may only read files under these folders
+    # ingest jobs over HTTP read only regular files under <data_dir>/imports and these folders
+    job_roots: list[Path] | None = None
 
 
 class CacheSettings(CommonSettings):
@@ -84,6 +88,11 @@ class CacheSettings(CommonSettings):
     )
     cache_use_prior: bool = True  # new entries decide with the namespace's pooled fit
     cache_min_similarity: float = 0.0  # adaptive: a nearest neighbour below this is a plain miss
+    # one feedback source (API key / client address) adds one observation per answer group and score bin
+    cache_source_bin: float = Field(0.02, ge=0, le=2, description="0 = every feedback counts")
+    cache_min_sources: int = Field(
+        1, ge=1, description="distinct feedback sources before adaptive evidence serves (1 = one trusted app)"
+    )
     cache_contrast_weight: float = Field(
         0.75, ge=0, le=2, description="adaptive: weight of the closest other answer's similarity (0 = off)"
     )

@@ -131,12 +131,12 @@ def test_redis_outage_recovery_and_restart(stack: tuple[RedisProcess, Gateway]) 
         assert sorted(timings)[len(timings) // 2] < 0.05, timings
         r = _post(c, "/v1/cache/store", {**LOOKUP, "prompt": "Capital of Spain?", "response": "Madrid"})
         assert r.status_code == 200 and r.json()["stored"] is False
-        stats = c.get("/v1/cache/stats").json()
+        stats = c.get("/v1/cache/stats", params={"namespace": "faq"}).json()
         assert stats["redis"] == "unavailable" and stats["replica"]["dropped_stores"] >= 1
         assert c.get("/ready").status_code == 200
         search = _post(c, "/v1/search", SEARCH)
         assert search.status_code == 200 and search.json()["hits"] == hits_before
-        fb = _post(c, "/v1/cache/feedback", {"lookup_id": "f" * 32, "response": "x"})
+        fb = _post(c, "/v1/cache/feedback", {"namespace": "faq", "lookup_id": "f" * 32, "response": "x"})
         assert fb.status_code == 424 and fb.json()["error"]["field"] == "redis"
 
         redis.start()  # same port, same AOF directory
@@ -178,7 +178,13 @@ def test_isolation_and_bad_input(stack: tuple[RedisProcess, Gateway]) -> None:
             ("/v1/cache/store", {**LOOKUP, "response": ""}, 422, "response"),
             ("/v1/cache/store", {**LOOKUP, "response": "y" * 300_000}, 413, "response"),
             ("/v1/cache/store", {**LOOKUP, "response": "ok", "ttl_s": 0}, 422, "ttl_s"),
-            ("/v1/cache/feedback", {"lookup_id": "0" * 32, "response": "Paris"}, 404, "lookup_id"),
+            (
+                "/v1/cache/feedback",
+                {"namespace": "faq", "lookup_id": "0" * 32, "response": "x"},
+                404,
+                "lookup_id",
+            ),
+            ("/v1/cache/feedback", {"lookup_id": "0" * 32, "response": "Paris"}, 422, "namespace"),
             ("/v1/cache/feedback", {"response": "Paris"}, 422, "lookup_id"),
         ]
         for path, body, status, field in cases:

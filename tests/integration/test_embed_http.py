@@ -266,7 +266,7 @@ async def _asgi(settings: Any, wait_ready: bool = True) -> AsyncIterator[tuple[A
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
     ):
         if wait_ready:
             for _ in range(600):
@@ -315,7 +315,8 @@ from services.settings import EmbedderSettings
 async def main():
     app = create_app(EmbedderSettings(model_cache=sys.argv[1], extra_models=["ms-marco-l12"]), ["embedder"])
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             while (await c.get("/ready")).status_code != 200:
                 await asyncio.sleep(0.05)
             e = await c.post("/v1/embeddings", json={"input": ["served without torch"]})

@@ -52,7 +52,7 @@ def _call(app: FastAPI, method: str, path: str, headers: dict[str, str] | None =
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             body = None if method in ("GET", "DELETE") else {}
             return await c.request(method, _concrete(path), json=body, headers=headers)
 

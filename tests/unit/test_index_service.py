@@ -404,7 +404,7 @@ async def test_ingest_jobs_resume_and_report_bad_records(tmp_path: Path) -> None
     lines.insert(5, "{not json")
     lines.insert(9, json.dumps({"_id": "empty", "text": ""}))
     corpus.write_text("\n".join(lines) + "\n")
-    svc = await make_service(tmp_path / "data")
+    svc = await make_service(tmp_path / "data", job_roots=[tmp_path])
     await svc.create_collection("c", model="fake")
     await svc.upsert("c", make_docs(10))  # a previous partial run
     job = await svc.start_job("c", corpus)
@@ -439,7 +439,7 @@ async def test_ingest_job_waits_out_an_embedder_that_is_still_loading(tmp_path: 
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": d["id"], "text": d["text"]}) + "\n" for d in make_docs(12)))
-    svc = await make_service(tmp_path / "data", LoadingEmbedder())
+    svc = await make_service(tmp_path / "data", LoadingEmbedder(), job_roots=[tmp_path])
     await svc.create_collection("c", model="fake")
     job = await svc.start_job("c", corpus)
     for _ in range(400):

@@ -33,7 +33,7 @@ def build_app() -> tuple[FastAPI, FakeEmbedder, FakeIndexer]:
 @pytest.fixture
 async def client() -> Any:
     app, emb, idx = build_app()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
         c.fake_embedder = emb  # type: ignore[attr-defined]
         yield c
 
@@ -106,7 +106,7 @@ async def test_not_ready_without_pipeline() -> None:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(gateway_api.router)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
         r = await c.post("/v1/search", json={"collection": "sci", "query": "x"})
     assert r.status_code == 503 and r.json()["error"]["type"] == "not_ready"
 
