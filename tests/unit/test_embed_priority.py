@@ -137,3 +137,21 @@ def test_default_priority_is_by_size(tmp_path: Path) -> None:
     limits = svc.limits()
     assert limits["micro_batch_tokens"] == 100
     assert limits["max_rerank_documents"] == 100 and limits["max_request_tokens"] == 32768
+
+
+async def test_cancelled_batch_job_stops_between_micro_batches() -> None:
+    model = TagModel(delay_s=0.02)
+    pool = ThreadPoolExecutor(1)
+    b = DynamicBatcher(model.run, pool, name="fake", micro_batch_tokens=4)
+    try:
+        doomed = asyncio.ensure_future(b.submit([enc(4, tag=k) for k in range(50)], "batch"))
+        await asyncio.sleep(0.07)  # a few micro-batches ran
+        doomed.cancel()
+        after = await b.submit([enc(2, tag=999)], "batch")
+        assert after[:, 0].tolist() == [999]
+        assert b.queue_depth == 0 and b.depth("batch") == 0
+        ran = sum(len(x) for x in model.batches if 999 not in x)
+        assert ran < 10  # the rest of the cancelled job never reached the model
+    finally:
+        await b.stop()
+        pool.shutdown()
