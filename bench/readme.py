@@ -23,6 +23,16 @@ SECTIONS = [
         "rerank_served.md",
         "python bench/rerank_served.py",
     ),
+    (
+        "Live search during a SciFact ingest job (full corpus)",
+        "mixed.md",
+        "python bench/mixed.py (dowse serve, real models, real HTTP)",
+    ),
+    (
+        "Live search during a SciFact ingest job (1,000 documents, vs main before query-first scheduling)",
+        "mixed_1000.md",
+        "python bench/mixed.py --docs 1000 --baseline /work/main --out mixed_1000",
+    ),
     ("Semantic cache workloads", "cache_eval.md", "dowse cache-eval (python bench/cache.py --part eval)"),
     (
         "Semantic cache policy tuning (banking77 train only)",

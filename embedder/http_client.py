@@ -26,6 +26,8 @@ from embedder.registry import UnknownModel, canonical_name
 
 log = logging.getLogger(__name__)
 
+PRIORITY_HEADER = "X-Dowse-Priority"  # the TEI routes' way to say interactive | batch
+
 
 def auth_headers(token: str | None) -> dict[str, str]:
     """``Authorization: Bearer <service token>`` for calls to another Dowse role (none without a token)."""
@@ -61,6 +63,7 @@ async def request_json(
     *,
     service: str,
     unknown: type[DowseError] = InvalidInput,
+    headers: dict[str, str] | None = None,
 ) -> Any:
     """One JSON call to a Dowse ``service``.
 
@@ -68,7 +71,7 @@ async def request_json(
     a 4xx becomes the matching DowseError (see :func:`error_from_response`).
     """
     try:
-        resp = await client.request(method, path, json=json)
+        resp = await client.request(method, path, json=json, headers=headers)
     except httpx.TimeoutException as exc:
         raise DependencyFailed(f"{service} timed out on {path}", field=service) from exc
     except httpx.HTTPError as exc:
@@ -98,8 +101,10 @@ class HttpEmbedderClient:
         )
         self._info: dict[str, Any] | None = None
 
-    async def _request(self, method: str, path: str, json: Any = None) -> Any:
-        return await request_json(self._client, method, path, json, service="embedder")
+    async def _request(
+        self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        return await request_json(self._client, method, path, json, service="embedder", headers=headers)
 
     async def embed(
         self,
@@ -110,14 +115,16 @@ class HttpEmbedderClient:
         instruction: str | None = None,
         dimensions: int | None = None,
         truncate: bool = True,
+        priority: str | None = None,
     ) -> EmbedResult:
-        """POST /v1/embeddings (base64) and decode to float32 rows."""
+        """POST /v1/embeddings (base64) and decode to float32 rows; ``priority`` travels as the field."""
         body: dict[str, Any] = {"input": list(texts), "encoding_format": "base64", "truncate": truncate}
         for key, val in (
             ("model", model),
             ("prompt_name", prompt_name),
             ("instruction", instruction),
             ("dimensions", dimensions),
+            ("priority", priority),
         ):
             if val is not None:
                 body[key] = val
@@ -133,9 +140,15 @@ class HttpEmbedderClient:
             ) from exc
 
     async def rerank(
-        self, query: str, documents: list[str], *, model: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        model: str | None = None,
+        truncate: bool = True,
+        priority: str | None = None,
     ) -> list[float]:
-        """POST /rerank with raw_scores: logits in input order."""
+        """POST /rerank with raw_scores: logits in input order; ``priority`` as ``X-Dowse-Priority``."""
         body: dict[str, Any] = {
             "query": query,
             "texts": list(documents),
@@ -144,7 +157,8 @@ class HttpEmbedderClient:
         }
         if model is not None:
             body["model"] = model
-        data = await self._request("POST", "/rerank", body)
+        headers = {PRIORITY_HEADER: priority} if priority is not None else None
+        data = await self._request("POST", "/rerank", body, headers)
         try:
             scores = [0.0] * len(documents)
             for row in data:

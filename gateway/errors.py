@@ -15,3 +15,7 @@ class SearchFailed(DependencyFailed):
 
 class EmbedderUnavailable(SearchFailed):
     """The embedder (query encoder or reranker) failed, timed out, or its circuit is open."""
+
+
+class CircuitOpen(EmbedderUnavailable):
+    """The embedder is skipped after repeated failures (the breaker's cooldown)."""

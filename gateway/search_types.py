@@ -57,6 +57,8 @@ class SearchResponse:
     hits: list[SearchHit]
     timings_ms: dict[str, float]
     degraded: str | None = None
+    # one short code per fallback, ``<stage>_<cause>`` (e.g. ``embed_timeout``): the metrics' reason label
+    degraded_reasons: list[str] = field(default_factory=list)
 
 
 class CircuitBreaker:

@@ -171,6 +171,8 @@ class IngestJobs:
 
 _TRANSIENT = ("not_ready", "overloaded", "dependency_failed")
 T = TypeVar("T")
+BACKOFF_BASE_S = 0.5  # first wait after a transient error; doubles per retry
+BACKOFF_CAP_S = 10.0  # longest single wait
 
 
 async def retry_transient(
@@ -178,12 +180,15 @@ async def retry_transient(
     what: str,
     retry_s: float | None = None,
     transient: tuple[str, ...] = _TRANSIENT,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> T:
-    """Await ``call()``, retrying DowseErrors of a ``transient`` type with backoff (0.5 s doubling to 10 s).
+    """Await ``call()``, retrying DowseErrors of a ``transient`` type with capped exponential backoff.
 
+    Waits ``BACKOFF_BASE_S`` doubling up to ``BACKOFF_CAP_S``: an embedder that answers 429 (its batch queue
+    is full) or 503 (loading) is given time instead of failing the ingest or queueing more work.
     ``retry_s``: give up (re-raise) once this many seconds were spent waiting; None waits for ever.
     """
-    delay, waited = 0.5, 0.0
+    delay, waited = BACKOFF_BASE_S, 0.0
     while True:
         try:
             return await call()
@@ -191,6 +196,6 @@ async def retry_transient(
             if exc.type not in transient or (retry_s is not None and waited >= retry_s):
                 raise
             log.warning("%s waits for a dependency (%s); retry in %.1f s", what, exc, delay)
-            await asyncio.sleep(delay)
+            await sleep(delay)
             waited += delay
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, BACKOFF_CAP_S)

@@ -291,7 +291,12 @@ class IndexerService(IngestJobs):
             batch = [texts[j] for j in order[i : i + self.embed_batch]]
             try:
                 res = await self.embedder.embed(
-                    batch, model=man.model, prompt_name=man.prompt, dimensions=man.dims, truncate=True
+                    batch,
+                    model=man.model,
+                    prompt_name=man.prompt,
+                    dimensions=man.dims,
+                    truncate=True,
+                    priority="batch",  # bulk work: micro-batches behind searches' query embeddings
                 )
             except DowseError:
                 raise

@@ -25,7 +25,11 @@ SEARCH_LATENCY = Histogram(
     ["mode", "rerank"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-SEARCH_DEGRADED = Counter("dowse_search_degraded_total", "Searches answered in degraded form", ["mode"])
+SEARCH_DEGRADED = Counter(
+    "dowse_search_degraded_total",
+    "Fallbacks in searches answered in degraded form (reason: <stage>_<cause>, e.g. embed_timeout)",
+    ["mode", "reason"],
+)
 SEARCH_ERRORS = Counter("dowse_search_errors_total", "Searches answered with an error", ["type"])
 
 
@@ -131,7 +135,8 @@ async def search(body: SearchBody, request: Request) -> JSONResponse:
             SEARCH_ERRORS.labels(exc.type).inc()
             raise
     if resp.degraded:
-        SEARCH_DEGRADED.labels(body.mode).inc()
+        for reason in resp.degraded_reasons or ["unknown"]:
+            SEARCH_DEGRADED.labels(body.mode, reason).inc()
     return JSONResponse(_body(resp), headers={"Server-Timing": _server_timing(resp.timings_ms)})
 
 

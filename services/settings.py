@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from embedder.batching import MICRO_BATCH_TOKENS
+
 
 class CommonSettings(BaseSettings):
     """Settings every role shares."""
@@ -56,6 +58,14 @@ class EmbedderSettings(CommonSettings):
     max_client_batch: int = 256
     auto_export: bool = True
     rerank_max_length: int = 256
+    # Batch-class work (ingest, large client batches) runs in micro-batches of this many padded tokens:
+    # ~50 ms of minilm int8 on 2 CPU cores (bench/micro_batch.py), the longest an interactive request waits
+    # behind it. Raise it on a GPU (same bound, more tokens).
+    micro_batch_tokens: int = Field(default=MICRO_BATCH_TOKENS, ge=1)
+    max_batch_queue: int = 1024  # batch-class inputs waiting, then 429 (ingest backs off and retries)
+    max_request_tokens: int = Field(default=32_768, ge=1)  # per embeddings request, then 413
+    max_rerank_docs: int = Field(default=100, ge=1)  # documents per rerank request, then 413
+    max_rerank_tokens: int = Field(default=25_600, ge=1)  # (query, document) tokens per rerank, then 413
 
 
 class IndexerSettings(CommonSettings):

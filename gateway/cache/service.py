@@ -133,7 +133,7 @@ class CacheService:
         """The prompt's L2-normalised embedding."""
         if self.embedder is None:
             raise DependencyFailed("no embedder configured for the cache", field="embedder")
-        res = await self.embedder.embed([text], model=self.config.embed_model)
+        res = await self.embedder.embed([text], model=self.config.embed_model, priority="interactive")
         vec = np.asarray(res.vectors[0], dtype=np.float32)
         norm = float(np.linalg.norm(vec))
         return vec / norm if norm > 0 else vec

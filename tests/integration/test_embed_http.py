@@ -232,6 +232,32 @@ async def test_http_and_inprocess_clients_give_identical_results(
         await http.aclose()
 
 
+def _batches(server: str, model: str, priority: str) -> float:
+    key = f'dowse_embedder_batches_total{{model="{model}",priority="{priority}"}} '
+    text = httpx.get(f"{server}/metrics").text
+    return next((float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(key)), 0.0)
+
+
+async def test_http_client_sends_the_priority(server: str) -> None:
+    """The field (embeddings) and the X-Dowse-Priority header (rerank) reach the server's batcher."""
+    http = HttpEmbedderClient(server)
+    try:
+        e0, r0 = _batches(server, "minilm", "batch"), _batches(server, "ms-marco-l12", "batch")
+        await http.embed(["one short text"], priority="batch")
+        await http.rerank("q", ["a document"], priority="batch")
+        assert _batches(server, "minilm", "batch") == e0 + 1
+        assert _batches(server, "ms-marco-l12", "batch") == r0 + 1
+        i0 = _batches(server, "minilm", "interactive")
+        await http.embed(["one short text"])  # absent: small, so interactive
+        assert _batches(server, "minilm", "interactive") == i0 + 1
+        assert _batches(server, "minilm", "batch") == e0 + 1
+        with pytest.raises(InvalidInput) as err:
+            await http.embed(["x"], priority="later")
+        assert err.value.field == "priority"
+    finally:
+        await http.aclose()
+
+
 async def test_http_client_maps_connection_errors_to_dependency_failed() -> None:
     client = HttpEmbedderClient(f"http://127.0.0.1:{free_port()}", timeout_s=2)
     try:

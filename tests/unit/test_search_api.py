@@ -10,6 +10,7 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from gateway.pipeline import SearchPipeline
@@ -60,6 +61,28 @@ async def test_degraded_flag_in_json(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/search", json={"collection": "sci", "query": "aspirin heart"})
     assert r.status_code == 200
     assert isinstance(r.json()["degraded"], str) and "bm25 only" in r.json()["degraded"]
+
+
+def degraded_count(mode: str, reason: str) -> float:
+    value = REGISTRY.get_sample_value("dowse_search_degraded_total", {"mode": mode, "reason": reason})
+    return value or 0.0
+
+
+async def test_every_fallback_is_counted_by_mode_and_reason(client: httpx.AsyncClient) -> None:
+    emb = client.fake_embedder  # type: ignore[attr-defined]
+    before = {k: degraded_count(*k) for k in [("hybrid", "embed_failed"), ("dense", "embed_timeout")]}
+    ok = await client.post("/v1/search", json={"collection": "sci", "query": "aspirin heart"})
+    assert ok.json()["degraded"] is False
+    assert degraded_count("hybrid", "embed_failed") == before["hybrid", "embed_failed"]  # healthy: none
+    emb.fail = outage()
+    for _ in range(2):
+        r = await client.post("/v1/search", json={"collection": "sci", "query": "aspirin heart"})
+        assert "bm25 only" in r.json()["degraded"]  # the response still says so
+    assert degraded_count("hybrid", "embed_failed") == before["hybrid", "embed_failed"] + 2
+    emb.fail, emb.delay_s = None, 2.0  # over the 0.3 s embed budget
+    r = await client.post("/v1/search", json={"collection": "sci", "query": "aspirin", "mode": "dense"})
+    assert "timed out" in r.json()["degraded"]
+    assert degraded_count("dense", "embed_timeout") == before["dense", "embed_timeout"] + 1
 
 
 @pytest.mark.parametrize(
