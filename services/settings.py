@@ -108,6 +108,8 @@ class GatewaySettings(CacheSettings):
         default=0.1, ge=0.0, le=1.0, description="CE weight vs first stage; 1 = CE order"
     )
     rerank_model: str | None = None  # None = the embedder's default cross-encoder (ms-marco-l12)
+    # folders whose tables / plots the playground's Eval view shows; None = bench/results, <data_dir>/results
+    results_dirs: list[Path] | None = None
 
 
 class ServeSettings(EmbedderSettings, IndexerSettings, GatewaySettings):
