@@ -125,7 +125,7 @@ export function markdown(src) {
       const numeric = (c) => /^[-+]?[\d.,]+(e[-+]?\d+)?\s*(x|%|ms|s)?$/i.test(c);
       root.append(h("div", { class: "table-wrap" }, h("table", { class: "grid" },
         head ? h("thead", {}, h("tr", {}, head.map((c) => h("th", { scope: "col" }, inline(c))))) : null,
-        h("tbody", {}, bodyRows.map((r) => h("tr", {}, r.map((c) => h("td", { class: numeric(c) ? "num" : null }, inline(c)))))))));
+        h("tbody", {}, bodyRows.map((r) => h("tr", {}, r.map((c) => h("td", { class: numeric(c) ? "num" : c.length > 40 ? "long" : null }, inline(c)))))))));
     } else if (/^\s*[-*] /.test(line)) {
       const items = [];
       for (; i < lines.length && /^\s*[-*] /.test(lines[i]); i += 1) items.push(lines[i].replace(/^\s*[-*] /, ""));
