@@ -136,19 +136,24 @@ def ui(server: dict[str, Any]) -> Iterator[dict[str, Any]]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        page.on("request", lambda req: requests.append(req.url))
-        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-        page.on(
-            "console",
-            lambda msg: (
-                problems.append(f"console {msg.type}: {msg.text}")
-                if msg.type == "error" and "status of 4" not in msg.text  # expected 4xx answers
-                else None
-            ),
-        )
-        page.set_default_timeout(UI_WAIT_MS)
-        yield {"page": page, "requests": requests, "problems": problems, **server}
+        # every page of the context, and every request any of them makes, is watched
+        context.on("request", lambda req: requests.append(req.url))
+
+        def new_page() -> Any:
+            page = context.new_page()
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on(
+                "console",
+                lambda msg: (
+                    problems.append(f"console {msg.type}: {msg.text}")
+                    if msg.type == "error" and "status of 4" not in msg.text  # expected 4xx answers
+                    else None
+                ),
+            )
+            page.set_default_timeout(UI_WAIT_MS)
+            return page
+
+        yield {"page": new_page(), "new_page": new_page, "requests": requests, "problems": problems, **server}
         context.close()
         browser.close()
 
@@ -174,6 +179,12 @@ def test_search_shows_four_columns_with_explain_ranks(ui: dict[str, Any]) -> Non
     page.goto(ui["url"] + "/")  # / redirects to the playground
     assert urlsplit(page.url).path == "/ui/"
     page.wait_for_selector("#collection option[value='sci']", state="attached")
+    assert page.evaluate("document.activeElement.id") == "q"  # the query box has focus on arrival
+    order = []
+    for _ in range(4):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id"))
+    assert order == ["collection", "top-k", "filters", "search-btn"], order
     page.click("summary")  # smaller rerank head: the cross-encoder is the slow part on this CPU
     page.fill("#rerank-top-n", "10")
     query = ui["queries"][0]
@@ -322,6 +333,37 @@ def test_eval_view_shows_tables_and_plots(ui: dict[str, Any]) -> None:
     assert page.locator("#eval-pick").input_value().endswith("/eval_scifact")
     assert "nDCG@10" in page.inner_text("#eval-body")
     shoot(page, "eval")
+
+
+def test_api_key_is_asked_for_and_kept_in_session_storage(ui: dict[str, Any]) -> None:
+    """With keys on (issue 10), the API answers 401 without one: played here by the browser's router."""
+    page = ui["new_page"]()
+    key = "dowse_test_key_123"
+    sent: list[str | None] = []
+
+    def guard(route: Any) -> None:
+        auth = route.request.headers.get("authorization")
+        sent.append(auth)
+        if auth != f"Bearer {key}":
+            body = {"error": {"type": "unauthorized", "message": "missing or unknown API key"}}
+            route.fulfill(status=401, content_type="application/json", body=json.dumps(body))
+        else:
+            route.continue_()
+
+    page.route("**/v1/**", guard)
+    page.goto(ui["url"] + "/ui/")  # the page itself needs no key
+    page.wait_for_selector("#key-form:not([hidden])")
+    assert "wants an API key" in page.inner_text("#key-message")
+    assert page.evaluate("document.activeElement.id") == "api-key"
+    page.fill("#api-key", key)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#collection option[value='sci']", state="attached")
+    assert sent[0] is None and sent[-1] == f"Bearer {key}"
+    assert page.evaluate("sessionStorage.getItem('dowse.apiKey')") == key
+    assert page.evaluate("localStorage.length") == 0 and page.evaluate("document.cookie") == ""
+    page.click("#key-forget")
+    assert page.evaluate("sessionStorage.getItem('dowse.apiKey')") is None
+    page.close()
 
 
 def test_every_request_stays_on_the_server(ui: dict[str, Any]) -> None:
