@@ -1,7 +1,8 @@
 """Application factory: ``create_app(settings, roles)`` mounts the routes of the chosen roles.
 
 Each role module (``services.embedder_api``, ``services.indexer_api``, ``services.gateway_api``,
-``services.cache_api``) exposes ``router`` plus ``async start(app, settings)`` / ``async stop(app)``.
+``services.cache_api``, ``services.ui_api``) exposes ``router`` plus ``async start(app, settings)`` /
+``async stop(app)``.
 Shared objects live on ``app.state``:
 
 - ``embedder_client``: an ``embedder.client.EmbedderClient`` (in-process when the embedder role is
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 ROLE_MODULES: dict[str, list[str]] = {
     "embedder": ["services.embedder_api"],
     "indexer": ["services.indexer_api"],
-    "gateway": ["services.gateway_api", "services.cache_api", "services.keys_api"],
+    "gateway": ["services.gateway_api", "services.cache_api", "services.keys_api", "services.ui_api"],
 }
 ALL_ROLES = ("embedder", "indexer", "gateway")
 

@@ -104,6 +104,12 @@ ROUTES: dict[tuple[str, str], Rule] = {
     # gateway role: search, cache, aliases, keys
     ("POST", "/v1/search"): Rule(("search",), C, body="collection", texts=_search_texts),
     ("GET", "/v1/search/defaults/{collection}"): Rule(("search",), C, path="collection"),
+    # playground (services/ui_api.py): judgements are evaluation data of a collection
+    ("POST", "/v1/judgements"): Rule(("write",), C, body="collection"),
+    ("GET", "/v1/judgements/{collection}"): Rule(("search",), C, path="collection"),
+    ("GET", "/v1/eval/results"): Rule(("admin",)),  # eval runs span collections
+    ("GET", "/v1/eval/results/{source}/{name}"): Rule(("admin",)),
+    ("GET", "/v1/cache/namespaces"): Rule(("cache",)),  # the handler lists only names in scope
     ("POST", "/v1/cache/lookup"): Rule(("cache",), NS, body="namespace"),
     ("POST", "/v1/cache/store"): Rule(("cache",), NS, body="namespace"),
     # lookup_id alone: the handler checks the lookup's namespace (services.cache_api.feedback)

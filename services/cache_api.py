@@ -14,7 +14,8 @@ from embedder.errors import InvalidInput, NotReady
 from gateway.cache.judge import EmbeddingJudge, ExactMatchJudge, Judge
 from gateway.cache.service import CacheConfig, CacheService
 from gateway.cache.validate import CacheLimits
-from services.auth import service_token
+from services import cache_ui
+from services.auth import allowed, service_token
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/cache", tags=["cache"])
@@ -47,6 +48,7 @@ class LookupRequest(BaseModel):
     policy: Literal["adaptive", "static"] = "adaptive"
     max_error: float | None = Field(None, gt=0, lt=1, description="delta of the adaptive policy")
     threshold: float | None = Field(None, ge=0, le=1, description="similarity threshold of the static policy")
+    explain: bool = Field(False, description="add the policy's inputs: contrast score, fit, risk, bound")
 
 
 class LookupResponse(BaseModel):
@@ -60,6 +62,7 @@ class LookupResponse(BaseModel):
     entry_id: str | None = None
     exploit_probability: float | None = None
     degraded: str | None = None
+    explain: dict[str, Any] | None = None
 
 
 class StoreRequest(BaseModel):
@@ -113,6 +116,7 @@ def _svc(request: Request) -> CacheService:
 async def lookup(req: LookupRequest, request: Request) -> LookupResponse:
     """Serve a cached response (exploit), ask for feedback (explore), or miss."""
     svc = _svc(request)
+    before = cache_ui.budget_before(svc, req.namespace, req.policy, req.max_error) if req.explain else None
     t0 = time.perf_counter()
     res = await svc.lookup(req.namespace, req.prompt, req.scope, req.policy, req.max_error, req.threshold)
     LATENCY.observe(time.perf_counter() - t0)
@@ -126,7 +130,12 @@ async def lookup(req: LookupRequest, request: Request) -> LookupResponse:
             import math
 
             EST_WRONG.inc(1.0 - 1.0 / (1.0 + math.exp(-fit.gamma * (res.similarity - fit.t))))
-    return LookupResponse(**res.__dict__)
+    out = LookupResponse(**res.__dict__)
+    if before is not None:
+        out.explain = await cache_ui.explain(
+            svc, req.namespace, req.policy, req.max_error, req.threshold, res, before
+        )
+    return out
 
 
 @router.post("/store", response_model=StoreResponse, response_model_exclude_none=True)
@@ -165,6 +174,12 @@ async def feedback(req: FeedbackRequest, request: Request) -> FeedbackResponse:
     outcome = "none" if res.correct is None else ("correct" if res.correct else "wrong")
     FEEDBACK.labels(outcome).inc()
     return FeedbackResponse(**res.__dict__)
+
+
+@router.get("/namespaces")
+async def list_namespaces(request: Request) -> dict[str, Any]:
+    """Namespace names with their entry and lookup counts (with auth on: those in the key's cache scope)."""
+    return await cache_ui.namespaces(_svc(request), lambda ns: allowed(request, "cache", ns))
 
 
 @router.delete("/namespaces/{namespace}")

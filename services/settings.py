@@ -138,6 +138,8 @@ class GatewaySettings(CacheSettings):
         "the built-in weight per first stage (gateway.search_defaults)",
     )
     rerank_model: str | None = None  # None = the embedder's default cross-encoder (ms-marco-l12)
+    # folders whose tables / plots the playground's Eval view shows; None = bench/results, <data_dir>/results
+    results_dirs: list[Path] | None = None
 
 
 class ServeSettings(EmbedderSettings, IndexerSettings, GatewaySettings):
