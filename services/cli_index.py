@@ -36,6 +36,15 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[
             str | None, typer.Option(help="in-process embedder precision: int8 | fp32")
         ] = None,
+        engine: Annotated[
+            str, typer.Option(help="local (this process) | ray (Ray Data: embed in a pool of actors)")
+        ] = "local",
+        address: Annotated[
+            str | None, typer.Option(help="--engine ray: Ray cluster address (default: start Ray here)")
+        ] = None,
+        workers: Annotated[
+            int | None, typer.Option(min=1, help="--engine ray: embedding actors (default: per GPU/CPU)")
+        ] = None,
     ) -> None:
         """Index a corpus into a collection; re-running resumes (ids already stored are skipped)."""
         from services.logging_setup import configure_logging
@@ -47,6 +56,14 @@ def register(app: typer.Typer) -> None:
         configure_logging(isettings.log_level, isettings.log_json)
         if not path.is_file():
             raise typer.BadParameter(f"no such file: {path}", param_hint="PATH")
+        if engine not in ("local", "ray"):
+            raise typer.BadParameter("choose local or ray", param_hint="--engine")
+        ray_opts = None
+        if engine == "ray":
+            from indexer.ray_job import RayOptions
+
+            ray_opts = RayOptions(address, workers, precision=precision or esettings.precision)
+            ray_opts.model_cache = esettings.model_cache_dir()
         spec: dict[str, Any] = {"type": index_type, "code": code}
         try:
             summary = asyncio.run(
@@ -61,6 +78,7 @@ def register(app: typer.Typer) -> None:
                     spec,
                     batch_size,
                     precision or esettings.precision,
+                    ray_opts,
                 )
             )
         except KeyboardInterrupt:
@@ -83,6 +101,7 @@ async def _run(
     spec: dict[str, Any],
     batch_size: int,
     precision: str,
+    ray_opts: Any = None,
 ) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import (
@@ -156,9 +175,26 @@ async def _run(
                     task, total=p.total, completed=p.done + p.skipped + p.failed, rate=p.done / elapsed
                 )
 
-            await svc.run_ingest(
-                collection, path, fmt, batch_size=batch_size, on_progress=on_progress, progress=prog
-            )
+            if ray_opts is None:
+                await svc.run_ingest(
+                    collection, path, fmt, batch_size=batch_size, on_progress=on_progress, progress=prog
+                )
+            else:
+                from indexer.ray_job import run_ray_ingest
+
+                revision = (await embedder.model_info(model)).get("revision")
+                await asyncio.to_thread(
+                    run_ray_ingest,
+                    svc._get(collection),
+                    path,
+                    fmt,
+                    options=ray_opts,
+                    batch_size=batch_size,
+                    max_doc_chars=isettings.max_doc_chars,
+                    revision=str(revision) if revision else None,
+                    progress=prog,
+                    on_progress=on_progress,
+                )
         info = await svc.collection_info(collection)
     except DowseError as exc:
         status = "failed"
