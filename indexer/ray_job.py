@@ -69,32 +69,15 @@ class EmbedActor:
         self.chunker = Chunker(spec["chunk_tokens"], spec["chunk_overlap"], offsets_for_model(spec["model"]))
         self.skip: set[str] = set(skip) if skip is not None else set()
 
-    def _record(self, row: dict[str, Any]) -> dict[str, Any] | str:
-        if self.spec["format"] != "jsonl":
-            return row
-        try:
-            rec = json.loads(row["text"])
-        except json.JSONDecodeError as exc:
-            return f"invalid JSON ({exc.msg})"
-        return rec if isinstance(rec, dict) else "not a JSON object"
-
     def __call__(self, batch: Any) -> Any:
         """pyarrow batch of records -> pyarrow table of prepared documents (or errors / skips)."""
         import pyarrow as pa
 
         out: dict[str, list[Any]] = {c: [] for c in _COLUMNS}
         todo: list[tuple[dict[str, Any], list[Any]]] = []
-        for row in batch.to_pylist():
-            rec = self._record(row)
-            doc = to_document(rec) if isinstance(rec, dict) else None
-            err = rec if isinstance(rec, str) else ""
-            if doc is not None:
-                try:
-                    validate_document(doc, str(doc.get("id")), self.spec["max_doc_chars"])
-                except DowseError as exc:
-                    err = exc.message
-            if err or doc is None:
-                self._emit(out, {"id": str(row.get("id", "")), "error": err or "invalid record"})
+        for doc in parse_rows(batch.to_pylist(), self.spec["format"], self.spec["max_doc_chars"]):
+            if "error" in doc:
+                self._emit(out, doc)
             elif doc["id"] in self.skip:
                 self._emit(out, {"id": doc["id"], "skip": True})
             else:
@@ -140,7 +123,31 @@ class EmbedActor:
             out[c].append(row.get(c, defaults.get(c, False)))
 
 
-def _dataset(ray_data: Any, path: Path, fmt: str) -> Any:
+def parse_rows(rows: list[dict[str, Any]], fmt: str, max_doc_chars: int) -> list[dict[str, Any]]:
+    """Dataset rows -> validated documents, or ``{"id", "error"}`` for a record that cannot be indexed."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        rec: dict[str, Any] | str = row
+        if fmt == "jsonl":
+            try:
+                loaded = json.loads(row["text"])
+                rec = loaded if isinstance(loaded, dict) else "not a JSON object"
+            except json.JSONDecodeError as exc:
+                rec = f"invalid JSON ({exc.msg})"
+        if isinstance(rec, str):
+            out.append({"id": "", "error": rec})
+            continue
+        doc = to_document(rec)
+        try:
+            validate_document(doc, str(doc.get("id")), max_doc_chars)
+        except DowseError as exc:
+            out.append({"id": str(doc.get("id") or ""), "error": exc.message})
+            continue
+        out.append(doc)
+    return out
+
+
+def dataset(ray_data: Any, path: Path, fmt: str) -> Any:
     if fmt == "jsonl":
         return ray_data.read_text(str(path))
     if fmt == "parquet":
@@ -148,7 +155,7 @@ def _dataset(ray_data: Any, path: Path, fmt: str) -> Any:
     return ray_data.read_csv(str(path))
 
 
-def _plan(ray: Any, opts: RayOptions) -> tuple[int, dict[str, Any], str]:
+def plan(ray: Any, opts: RayOptions) -> tuple[int, dict[str, Any], str]:
     """Actor count, per-actor resources, and device: one actor per GPU, else per CPU slot (one for reads)."""
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
@@ -200,7 +207,7 @@ def run_ray_ingest(
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        n_actors, resources, device = _plan(ray, options)
+        n_actors, resources, device = plan(ray, options)
         spec = {
             "model_cache": str(options.model_cache),
             "model": man.model,
@@ -216,7 +223,7 @@ def run_ray_ingest(
             "max_doc_chars": max_doc_chars,
         }
         stored = _stored_ids(coll)
-        ds = _dataset(ray.data, path, fmt).map_batches(
+        ds = dataset(ray.data, path, fmt).map_batches(
             EmbedActor,
             fn_constructor_kwargs={"spec": spec, "skip": stored or None},
             batch_size=batch_size,

@@ -9,8 +9,12 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import ray
@@ -23,6 +27,8 @@ from indexer.ray_job import RayOptions, run_ray_ingest
 from indexer.service import IndexerService
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400)]
+REPO = Path(__file__).resolve().parents[2]
+PORT = 18650  # this suite's port range: 18600-18699
 N_DOCS = 60  # SciFact abstracts, ~1.5 chunks each: big enough for several batches, small for 2 cores
 BATCH = 8
 ACTOR_TITLE = b"MapWorker(MapBatches(EmbedActor))"
@@ -115,3 +121,49 @@ async def test_ray_job_two_nodes_killed_actor_exact_count(
         cluster.shutdown()
         await svc.close()
         await emb.stop()
+
+
+def test_cli_ray_engine_writes_through_the_http_api(
+    tmp_path: Path, shared_data: Path, model_cache: Path, exported_minilm: Path
+) -> None:
+    """`dowse index --engine ray --indexer-url`: Ray writers upsert through a real indexer server; a re-run
+    writes nothing (every id is stored), so the count stays exact."""
+    corpus = tmp_path / "corpus.jsonl"
+    ids = _corpus(shared_data, corpus)[:30]
+    corpus.write_text("\n".join(corpus.read_text().splitlines()[:32]) + "\n")  # 30 docs + 2 bad records
+    env = {**os.environ, "DOWSE_MODEL_CACHE": str(model_cache), "DOWSE_EXTRA_MODELS": "[]",
+           "DOWSE_BATCHING": "false", "DOWSE_AUTO_EXPORT": "false"}  # fmt: skip
+    url = f"http://127.0.0.1:{PORT}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve", "--role", "embedder", "--role", "indexer",
+         "--port", str(PORT), "--data-dir", str(tmp_path / "server")],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "indexer server did not come up"
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        cmd = [sys.executable, "-m", "services.cli", "index", str(corpus), "-c", "remote", "--engine", "ray",
+               "--indexer-url", url, "--workers", "2", "--batch-size", "8"]  # fmt: skip
+        for run in range(2):
+            res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+            assert res.returncode == 1, res.stderr[-2000:]  # two bad records: reported, exit 1
+            want = "30 written, 0 skipped" if run == 0 else "0 written, 30 skipped"
+            assert f"{want} (stored), 2 failed" in " ".join(res.stdout.split()), res.stdout[-2000:]
+            info = httpx.get(f"{url}/v1/collections/remote", timeout=10).json()
+            assert info["stats"]["documents"] == 30
+        got = httpx.post(f"{url}/v1/collections/remote/documents/get", json={"ids": ids}, timeout=10).json()
+        assert sorted(d["id"] for d in got["documents"]) == sorted(ids)
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -244,3 +244,21 @@ def test_compose_profiles_wire_the_shard_map(profile: str, shards: list[str]) ->
             for host in re.findall(r"//([a-z0-9-]+):", url):
                 assert host in active, f"{profile}: {name} calls {host}"
     assert set(_active(compose, None)) == {"redis", "embedder"}
+
+
+def test_index_job_runs_a_valid_dowse_command() -> None:
+    """The batch Job's command line parses with the real CLI (option names and values)."""
+    import typer.main
+
+    from services.cli import app
+
+    job = _by(render(K8S / "overlays" / "scaled"), "Job")["dowse-index"]
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["dowse"]
+    group: Any = typer.main.get_command(app)  # typer's own click: duck-typed
+    sub = group.get_command(group.make_context("dowse", [c["args"][0]]), c["args"][0])
+    assert sub is not None
+    ctx = sub.make_context(c["args"][0], list(c["args"][1:]))
+    assert ctx.params["engine"] == "ray" and ctx.params["indexer_url"] == "http://dowse:80"
+    with pytest.raises(Exception, match="no-such-option"):
+        sub.make_context("index", ["/corpus/x.jsonl", "-c", "x", "--no-such-option"])
