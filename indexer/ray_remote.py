@@ -11,6 +11,7 @@ ONNX sessions. Upserts replace by id: a batch re-sent by a retried Ray task leav
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,19 @@ log = logging.getLogger(__name__)
 _TRANSIENT = {429, 502, 503, 504}
 
 
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 class PostActor:
     """Ray Data UDF: validates a batch of records and upserts it through the server's document API."""
 
-    def __init__(self, url: str, collection: str, fmt: str, max_doc_chars: int, retry_s: float) -> None:
+    def __init__(
+        self, url: str, collection: str, fmt: str, max_doc_chars: int, retry_s: float, api_key: str | None
+    ) -> None:
         self.base = f"{url.rstrip('/')}/v1/collections/{collection}"
         self.fmt, self.max_doc_chars, self.retry_s = fmt, max_doc_chars, retry_s
-        self.http = httpx.Client(timeout=300.0)
+        self.http = httpx.Client(timeout=300.0, headers=_auth(api_key))
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         deadline = time.monotonic() + self.retry_s
@@ -92,8 +99,13 @@ def run_ray_remote(
     retry_s: float = 600.0,
     progress: Progress | None = None,
     on_progress: Any = None,
+    api_key: str | None = None,
 ) -> Progress:
-    """Index ``path`` into ``collection`` on the server at ``url`` with a Ray Data pipeline (blocking)."""
+    """Index ``path`` into ``collection`` on the server at ``url`` with a Ray Data pipeline (blocking).
+
+    ``api_key`` (default ``$DOWSE_API_KEY``) is sent as a bearer key: admin, or ``write:<collection>`` when
+    the collection exists (creating one needs admin)."""
+    api_key = api_key if api_key is not None else os.environ.get("DOWSE_API_KEY")
     import ray
     import ray.data
 
@@ -104,7 +116,12 @@ def run_ray_remote(
     body: dict[str, Any] = {"name": collection, "exist_ok": True}
     if model:
         body["model"] = model
-    httpx.post(f"{url.rstrip('/')}/v1/collections", json=body, timeout=60.0).raise_for_status()
+    base = f"{url.rstrip('/')}/v1/collections"
+    exists = httpx.get(f"{base}/{collection}", headers=_auth(api_key), timeout=60.0)
+    if exists.status_code == 404:
+        httpx.post(base, json=body, headers=_auth(api_key), timeout=60.0).raise_for_status()
+    else:
+        exists.raise_for_status()
     started = not ray.is_initialized()
     if started:
         ray.init(address=options.address, log_to_driver=False, include_dashboard=False)
@@ -113,7 +130,7 @@ def run_ray_remote(
         n = options.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
         ds = dataset(ray.data, path, fmt).map_batches(
             PostActor,
-            fn_constructor_args=(url, collection, fmt, max_doc_chars, retry_s),
+            fn_constructor_args=(url, collection, fmt, max_doc_chars, retry_s, api_key),
             batch_size=batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=n),

@@ -8,6 +8,7 @@ Shared objects live on ``app.state``:
   mounted here, else HTTP to ``settings.embedder_url``)
 - ``indexer_client``: the gateway's view of the indexer (in-process or HTTP)
 - ``ready_checks``: list of ``(name, callable -> bool)`` consulted by ``GET /ready``
+- ``auth_guard``: the process's :class:`services.auth.Guard` (keys, scopes, quotas; see docs/security.md)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.auth import AuthMiddleware, Guard
 from services.errors import error_body, install_error_handlers
 
 log = logging.getLogger(__name__)
@@ -29,9 +31,19 @@ log = logging.getLogger(__name__)
 ROLE_MODULES: dict[str, list[str]] = {
     "embedder": ["services.embedder_api"],
     "indexer": ["services.indexer_api"],
-    "gateway": ["services.gateway_api", "services.cache_api"],
+    "gateway": ["services.gateway_api", "services.cache_api", "services.keys_api"],
 }
 ALL_ROLES = ("embedder", "indexer", "gateway")
+
+
+def _auth_redis(settings: Any) -> Any:
+    """The Redis client of the key store and quota buckets (connects on first use)."""
+    url = getattr(settings, "redis_url", None)
+    if not url:
+        return None
+    from gateway.cache.redis_client import is_cluster, make_client
+
+    return make_client(url, is_cluster(url, getattr(settings, "redis_cluster", False)), 0.5, 0.5)
 
 
 def create_app(settings: Any, roles: Iterable[str] = ALL_ROLES) -> FastAPI:
@@ -53,6 +65,8 @@ def create_app(settings: Any, roles: Iterable[str] = ALL_ROLES) -> FastAPI:
                     await mod.stop(app)
                 except Exception:  # pragma: no cover - best effort on shutdown
                     log.exception("error stopping %s", mod.__name__)
+            if auth_redis is not None:
+                await auth_redis.aclose()
 
     app = FastAPI(
         title="Dowse",
@@ -64,6 +78,9 @@ def create_app(settings: Any, roles: Iterable[str] = ALL_ROLES) -> FastAPI:
     app.state.roles = roles
     app.state.ready_checks: list[tuple[str, Callable[[], bool]]] = []
     install_error_handlers(app)
+    auth_redis = _auth_redis(settings) if "gateway" in roles else None
+    app.state.auth_guard = Guard(settings, roles, auth_redis)
+    app.add_middleware(AuthMiddleware, guard=app.state.auth_guard)
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedder.errors import DowseError, NotReady
 from gateway.pipeline import SearchLimits, SearchPipeline, SearchRequest, SearchResponse
+from services.auth import service_token
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,11 @@ async def start(app: FastAPI, settings: Any) -> None:
             raise RuntimeError("gateway needs an embedder: mount the embedder role or set DOWSE_EMBEDDER_URL")
         from embedder.http_client import HttpEmbedderClient
 
-        embedder = HttpEmbedderClient(settings.embedder_url, timeout_s=max(settings.rerank_timeout_s, 10.0))
+        embedder = HttpEmbedderClient(
+            settings.embedder_url,
+            timeout_s=max(settings.rerank_timeout_s, 10.0),
+            token=service_token(settings),
+        )
         app.state.embedder_client = embedder
         owned.append(embedder)
     indexer = getattr(app.state, "indexer_client", None)
@@ -169,7 +174,7 @@ async def start(app: FastAPI, settings: Any) -> None:
             raise RuntimeError("gateway needs an indexer: mount the indexer role or set DOWSE_INDEXER_URL")
         from indexer.http_client import HttpIndexerClient
 
-        indexer = HttpIndexerClient(settings.indexer_url)
+        indexer = HttpIndexerClient(settings.indexer_url, token=service_token(settings))
         app.state.indexer_client = indexer
         owned.append(indexer)
     app.state.search_pipeline = build_pipeline(settings, embedder, indexer)

@@ -46,6 +46,17 @@ def make_client(url: str, cluster: bool, timeout: float | None, connect_timeout:
     return aioredis.Redis.from_url(plain_url(url), **kwargs)
 
 
+def make_sync_client(url: str, cluster: bool, timeout: float) -> Any:
+    """A blocking client (``redis.Redis`` or ``redis.cluster.RedisCluster``) for CLI one-offs."""
+    import redis
+    from redis.cluster import RedisCluster as SyncCluster
+
+    kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if cluster:
+        return SyncCluster.from_url(plain_url(url), **kwargs)
+    return redis.Redis.from_url(plain_url(url), **kwargs)
+
+
 class ReplicaWaiter:
     """Confirms that a master's replicas hold a write (``WAIT``) before a store is acknowledged.
 

@@ -90,6 +90,37 @@ def test_workloads_probe_ready_and_health_and_request_resources(overlay: Any) ->
             assert {e["configMapRef"]["name"] for e in c.get("envFrom", [])} <= set(_by(objs, "ConfigMap"))
 
 
+def _secret_env(c: dict[str, Any]) -> dict[str, str]:
+    return {
+        e["name"]: f"{e['valueFrom']['secretKeyRef']['name']}/{e['valueFrom']['secretKeyRef']['key']}"
+        for e in c.get("env", [])
+        if "valueFrom" in e
+    }
+
+
+def test_auth_settings_reach_every_role(overlay: Any) -> None:
+    """Gateways enforce keys (admin key from the Secret); split embedder / indexer roles and the gateways
+    that call them share the service token; the batch Job sends a key (docs/security.md)."""
+    _, objs = overlay
+    for tmpl in _pods(objs):
+        for c in tmpl["spec"]["containers"]:
+            if not c["image"].startswith("dowse"):
+                continue
+            role = c["args"][1] if c.get("args") and c["args"][0] == "--role" else None
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            secrets = _secret_env(c)
+            if c.get("command") == ["dowse"]:  # the index Job
+                assert secrets == {"DOWSE_API_KEY": "dowse-auth/admin-key"}
+            elif role in (None, "gateway"):
+                assert (
+                    env["DOWSE_AUTH"] == "required" and secrets["DOWSE_ADMIN_KEY"] == "dowse-auth/admin-key"
+                )
+                if role == "gateway":
+                    assert secrets["DOWSE_SERVICE_TOKEN"] == "dowse-auth/service-token"
+            else:
+                assert secrets == {"DOWSE_SERVICE_TOKEN": "dowse-auth/service-token"}, role
+
+
 def test_selectors_find_their_pods(overlay: Any) -> None:
     """Every Service, PDB, HPA and NetworkPolicy reaches a workload of this overlay."""
     _, objs = overlay
@@ -118,7 +149,7 @@ def test_single_is_one_process_with_every_role() -> None:
     c = dowse["spec"]["template"]["spec"]["containers"][0]
     assert dowse["spec"]["replicas"] == 1 and "--role" not in c.get("args", [])
     assert dowse["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
-    assert {o["kind"] for o in objs} == {"ConfigMap", "Service", "StatefulSet"}
+    assert {o["kind"] for o in objs} == {"ConfigMap", "Service", "StatefulSet", "NetworkPolicy"}
 
 
 @pytest.mark.parametrize("name", ["scaled", "scaled-external-redis"])
@@ -244,6 +275,14 @@ def test_compose_profiles_wire_the_shard_map(profile: str, shards: list[str]) ->
             for host in re.findall(r"//([a-z0-9-]+):", url):
                 assert host in active, f"{profile}: {name} calls {host}"
     assert set(_active(compose, None)) == {"redis", "embedder"}
+    # auth (docs/security.md): the service token everywhere, keys at the gateway
+    for name, svc in active.items():
+        if name == "redis":
+            continue
+        assert svc["environment"]["DOWSE_SERVICE_TOKEN"].startswith("${DOWSE_SERVICE_TOKEN:?")
+        if svc["command"] == ["--role", "gateway"]:
+            assert svc["environment"]["DOWSE_AUTH"] == "required"
+            assert svc["environment"]["DOWSE_ADMIN_KEY"].startswith("${DOWSE_ADMIN_KEY:?")
 
 
 def test_index_job_runs_a_valid_dowse_command() -> None:
