@@ -289,3 +289,24 @@ async def test_lineage_groups_ttl_and_cleanup(clean_redis: str) -> None:
     finally:
         await r.aclose()
         await svc.close()
+
+
+async def test_auth_key_store_and_quota_share_the_cache_redis(clean_redis: str) -> None:
+    """The gateway's key store and quota buckets use the same DOWSE_REDIS_URL, a cluster included."""
+    from types import SimpleNamespace
+
+    from services.app import _auth_redis
+    from services.keys import KeyStore
+    from services.quota import Limiter
+
+    r = _auth_redis(SimpleNamespace(redis_url=clean_redis))
+    try:
+        store = KeyStore(r)
+        key, rec = await store.create("ci", ["search:*"])
+        assert (await store.get(rec.id)) is not None and await store.enabled()
+        limiter = Limiter(r, op_timeout_s=1.0)
+        waits = [await limiter.take(rec.id, "requests", rate=1.0, burst=2.0) for _ in range(3)]
+        assert waits[:2] == [0.0, 0.0] and waits[2] > 0
+        assert limiter._down_until == 0.0  # answered by the Redis script, not the local fallback
+    finally:
+        await r.aclose()
