@@ -43,9 +43,9 @@ def _auth_redis(settings: Any) -> Any:
     url = getattr(settings, "redis_url", None)
     if not url:
         return None
-    import redis.asyncio as aioredis
+    from gateway.cache.redis_client import is_cluster, make_client
 
-    return aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return make_client(url, is_cluster(url, getattr(settings, "redis_cluster", False)), 0.5, 0.5)
 
 
 def create_app(settings: Any, roles: Iterable[str] = ALL_ROLES) -> FastAPI:

@@ -242,6 +242,10 @@ def config_from_settings(settings: Any) -> CacheConfig:
         lookup_ttl_s=g("cache_lookup_ttl_s", 3600),
         op_timeout_s=g("cache_op_timeout_s", 0.04),
         embed_model=g("cache_embed_model"),
+        redis_cluster=g("redis_cluster", False),
+        store_replicas=g("cache_store_replicas", 0),
+        store_replicas_timeout_ms=g("cache_store_replicas_timeout_ms", 200),
+        sync_poll_s=g("cache_sync_poll_s", 0.05),
         limits=CacheLimits(
             max_prompt_chars=g("cache_max_prompt_chars", 32_768),
             max_response_chars=g("cache_max_response_chars", 262_144),

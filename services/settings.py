@@ -84,7 +84,13 @@ class IndexerSettings(CommonSettings):
 class CacheSettings(CommonSettings):
     """Semantic cache (served by the gateway)."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # redis+cluster://host:port names a Redis Cluster seed
+    redis_cluster: bool = False  # treat redis_url as a Redis Cluster seed node (same as redis+cluster://)
+    cache_store_replicas: int = Field(
+        0, ge=0, description="a store is acknowledged once this many replicas hold it (Redis WAIT)"
+    )
+    cache_store_replicas_timeout_ms: int = Field(200, ge=1, description="how long a store waits for them")
+    cache_sync_poll_s: float = Field(0.05, gt=0, description="Redis Cluster: change-stream poll interval")
     cache_max_error: float = Field(0.02, gt=0, lt=1, description="default delta of the adaptive policy")
     cache_threshold: float = Field(0.9, ge=0, le=1, description="default threshold of the static policy")
     cache_min_obs: int = Field(

@@ -47,6 +47,12 @@ class CacheConfig:
     write_timeout_s: float = 1.0
     reconnect_interval_s: float = 0.25
     stream_maxlen: int = 1_000_000
+    redis_cluster: bool = False  # the Redis URL is a cluster seed (also implied by a redis+cluster:// URL)
+    sync_poll_s: float = 0.05  # on a cluster: how often a replica polls the namespaces' change streams
+    # a store is acknowledged (stored: true) only once this many replicas of its master hold it (WAIT);
+    # 0 = once the master has it (asynchronous replication: a failover may lose the last stores)
+    store_replicas: int = 0
+    store_replicas_timeout_ms: int = 200
     exact_max: int = 4096
     ef_search: int = 64
     embed_model: str | None = None

@@ -17,9 +17,6 @@ import time
 from typing import Any
 
 import numpy as np
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from embedder.client import EmbedderClient
@@ -28,6 +25,7 @@ from gateway.cache.config import CacheConfig, Decision, FeedbackResult, LookupRe
 from gateway.cache.judge import ExactMatchJudge, Judge
 from gateway.cache.mirror import Mirror, MirrorEntry
 from gateway.cache.policy import BudgetBook, ThresholdFit, VerifiedPolicy, contrast_score
+from gateway.cache.redis_client import ReplicaWaiter, is_cluster, make_client
 from gateway.cache.store import Keys, encode_fit, response_group, scope_hash
 from gateway.cache.sync import MirrorSync
 from gateway.cache.validate import check_id, check_json, check_namespace, check_policy, check_text
@@ -43,16 +41,6 @@ def new_lookup_id() -> str:
     return secrets.token_hex(16)
 
 
-def _client(url: str, timeout: float) -> Any:
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=max(timeout, 0.5),
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
-
-
 class CacheService:
     """Semantic prompt cache over Redis with per-entry adaptive thresholds."""
 
@@ -66,20 +54,29 @@ class CacheService:
         seed: int | None = None,
     ) -> None:
         self.config = config or CacheConfig()
-        self.keys = Keys(self.config.prefix)
+        self.cluster = is_cluster(redis_url, self.config.redis_cluster)
+        self.keys = Keys(self.config.prefix, cluster=self.cluster)
         self.embedder = embedder
         self.judge: Judge = judge or ExactMatchJudge()
         self.policy = VerifiedPolicy()
         self.budgets = BudgetBook()  # per (namespace, delta): this replica's risk budget ("budget" rule)
         self.rng = random.Random(seed)
-        self.fast: Any = _client(redis_url, self.config.op_timeout_s)
-        self.main: Any = _client(redis_url, self.config.write_timeout_s)
-        self.sync = MirrorSync(redis_url, self.keys, self.config.exact_max, self.config.ef_search)
+        self.fast: Any = self._client(redis_url, self.config.op_timeout_s)
+        self.main: Any = self._client(redis_url, self.config.write_timeout_s)
+        self.sync = MirrorSync(
+            redis_url,
+            self.keys,
+            self.config.exact_max,
+            self.config.ef_search,
+            poll_s=self.config.sync_poll_s,
+        )
+        self.waiter = ReplicaWaiter(redis_url, self.cluster, self.config.write_timeout_s)
         self.redis_url = redis_url
         self.sync.on_reconnect = self._fresh_clients
         self.sync.on_nsdel = self.budgets.drop_namespace
         self._retired: set[asyncio.Task[None]] = set()
         self.local: dict[str, int] = {"degraded_lookups": 0, "dropped_stores": 0, "redis_errors": 0}
+        self.local["unreplicated_stores"] = 0
         self.started = False
 
     # ----------------------------------------------------------------- lifecycle
@@ -101,11 +98,14 @@ class CacheService:
                 await asyncio.wait_for(client.ping(), 1.0)
         self.started = True
 
+    def _client(self, url: str, timeout: float) -> Any:
+        return make_client(url, self.cluster, timeout)
+
     def _fresh_clients(self) -> None:
         """After an outage: new clients (a pool whose sockets died with the server can stall a command)."""
         old = (self.fast, self.main)
-        self.fast = _client(self.redis_url, self.config.op_timeout_s)
-        self.main = _client(self.redis_url, self.config.write_timeout_s)
+        self.fast = self._client(self.redis_url, self.config.op_timeout_s)
+        self.main = self._client(self.redis_url, self.config.write_timeout_s)
         for client in old:
             task = asyncio.get_running_loop().create_task(self._retire(client))
             self._retired.add(task)
@@ -119,6 +119,7 @@ class CacheService:
     async def close(self) -> None:
         """Stop background tasks and close connections."""
         await self.sync.close()
+        await self.waiter.aclose()
         for c in (self.fast, self.main):
             with contextlib.suppress(Exception):
                 await c.aclose()
@@ -310,6 +311,14 @@ class CacheService:
         except _REDIS_ERRORS as exc:
             self._failed("store", exc)
             return self._drop_store("redis unavailable")
+        want = self.config.store_replicas
+        if want > 0:
+            got = await self.waiter.wait(
+                self.main, self.keys.stats(namespace), want, self.config.store_replicas_timeout_ms
+            )
+            if got < want:  # written on the master, but a failover could lose it: not acknowledged
+                self.local["unreplicated_stores"] += 1
+                return StoreResult(False, eid, evicted, degraded=f"replicated to {got} of {want} replicas")
         return StoreResult(True, eid, evicted)
 
     # ----------------------------------------------------------------- feedback

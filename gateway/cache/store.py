@@ -18,6 +18,14 @@ Keys (prefix ``dowse:cache``; namespaces are isolated by key prefix):
 - ``{p}:stream``                 change stream (put / del / fit / prior / exp / nsdel) that keeps replicas
                                  in sync (``fit`` names the group)
 
+On a Redis Cluster (``Keys(cluster=True)``) a namespace's keys carry the hash tag ``{ns}``:
+``{p}:ns:{<ns>}:e:{id}`` and so on, so each namespace lives on one slot (its MULTI blocks and Lua scripts
+stay legal) while namespaces spread over the cluster; its change stream is its own ``{p}:ns:{<ns>}:stream``
+(one global stream would put every write on one node and break the MULTI). ``{p}:namespaces`` and the
+lookup records keep their own slots and are written outside the namespace's MULTI. The single-Redis
+layout is unchanged, so existing data stays readable there; moving a cache from one Redis to a cluster
+does not migrate it (a cache refills).
+
 An answer group is a set of entries that share observations and one threshold fit: with ``group_by =
 "response"`` the entries whose normalised responses are equal (``r`` + a hash of it), with ``"lineage"``
 an entry stored after a miss or a wrong explore starts a group (its own id) and one stored after a correct
@@ -50,52 +58,56 @@ class Keys:
     """Key builder for one prefix."""
 
     prefix: str = PREFIX
+    cluster: bool = False  # hash-tagged namespaces and one stream per namespace (Redis Cluster)
+
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError("the cache key prefix must not contain braces (Redis Cluster hash tags)")
 
     @property
     def namespaces(self) -> str:
         """Set of namespace names."""
         return f"{self.prefix}:namespaces"
 
-    @property
-    def stream(self) -> str:
-        """Change stream."""
-        return f"{self.prefix}:stream"
+    def stream(self, ns: str) -> str:
+        """Change stream carrying ``ns``'s events (one shared stream on a single Redis)."""
+        return f"{self.ns(ns)}:stream" if self.cluster else f"{self.prefix}:stream"
 
     def ns(self, ns: str) -> str:
-        """Prefix of one namespace's keys."""
-        return f"{self.prefix}:ns:{ns}"
+        """Prefix of one namespace's keys (hash-tagged on a cluster)."""
+        return f"{self.prefix}:ns:{{{ns}}}" if self.cluster else f"{self.prefix}:ns:{ns}"
 
     def entry(self, ns: str, eid: str) -> str:
         """Entry hash."""
-        return f"{self.prefix}:ns:{ns}:e:{eid}"
+        return f"{self.ns(ns)}:e:{eid}"
 
     def group(self, ns: str, grp: str) -> str:
         """Answer group hash (fit, nobs, members)."""
-        return f"{self.prefix}:ns:{ns}:g:{grp}"
+        return f"{self.ns(ns)}:g:{grp}"
 
     def group_obs(self, ns: str, grp: str) -> str:
         """Observation list of an answer group."""
-        return f"{self.prefix}:ns:{ns}:go:{grp}"
+        return f"{self.ns(ns)}:go:{grp}"
 
     def group_sources(self, ns: str, grp: str) -> str:
         """Set of ``source|score bin`` tokens that already gave an observation to an answer group."""
-        return f"{self.prefix}:ns:{ns}:gs:{grp}"
+        return f"{self.ns(ns)}:gs:{grp}"
 
     def ids(self, ns: str) -> str:
         """Sorted set of entry ids by creation time."""
-        return f"{self.prefix}:ns:{ns}:ids"
+        return f"{self.ns(ns)}:ids"
 
     def pooled(self, ns: str) -> str:
         """Pooled observation list."""
-        return f"{self.prefix}:ns:{ns}:pobs"
+        return f"{self.ns(ns)}:pobs"
 
     def prior(self, ns: str) -> str:
         """Pooled fit."""
-        return f"{self.prefix}:ns:{ns}:prior"
+        return f"{self.ns(ns)}:prior"
 
     def stats(self, ns: str) -> str:
         """Counters."""
-        return f"{self.prefix}:ns:{ns}:stats"
+        return f"{self.ns(ns)}:stats"
 
     def lookup(self, lookup_id: str) -> str:
         """A pending lookup."""
