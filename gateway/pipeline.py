@@ -225,7 +225,7 @@ class SearchPipeline:
 
     async def served_defaults(self, name: str) -> dict[str, Any]:
         """The rerank weight each first stage is served with on collection ``name``, and its source."""
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise InvalidSearch(f"collection name must match {NAME_RE.pattern}", field="collection")
         aw = self.collection_info(name)
         info = await self._indexer(aw, self.retrieve_timeout_s, _Timer(), "collection")

@@ -94,7 +94,7 @@ def _book(request: Request) -> QrelsBook:
 
 
 async def _check_collection(request: Request, name: str) -> None:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvalidInput(f"collection name must match {NAME_RE.pattern}", field="collection")
     indexer = getattr(request.app.state, "indexer_client", None)
     if indexer is not None:
@@ -111,7 +111,7 @@ async def judge(body: JudgementIn, request: Request) -> dict[str, Any]:
 @router.get("/v1/judgements/{collection}", tags=["playground"])
 async def judgements(collection: str, request: Request, query: str | None = None) -> dict[str, Any]:
     """The collection's judged queries (or one query's judgements) and the qrels file's path."""
-    if not NAME_RE.match(collection):
+    if not NAME_RE.fullmatch(collection):
         raise InvalidInput(f"collection name must match {NAME_RE.pattern}", field="collection")
     return await _book(request).for_query(collection, query)
 
@@ -128,7 +128,7 @@ async def results(request: Request) -> dict[str, Any]:
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            if p.is_file() and p.suffix in RESULT_TYPES and FILE_RE.match(p.name):
+            if p.is_file() and p.suffix in RESULT_TYPES and FILE_RE.fullmatch(p.name):
                 st = p.stat()
                 files.append(
                     {
@@ -154,7 +154,7 @@ async def result_file(source: str, name: str, request: Request) -> Response:
         raise NotFound(f"no results folder {source!r}", field="source")
     folder = sources[int(m.group(1))]
     path = folder / name
-    if not FILE_RE.match(name) or path.suffix not in RESULT_TYPES or not path.is_file():
+    if not FILE_RE.fullmatch(name) or path.suffix not in RESULT_TYPES or not path.is_file():
         raise NotFound(f"no result file {name!r}", field="name")
     return FileResponse(path, media_type=RESULT_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
 

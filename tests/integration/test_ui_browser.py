@@ -77,7 +77,9 @@ def server(
 ) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("ui")
     docs, job_docs, queries = scifact(shared_data)
-    job_file = root / "more.jsonl"
+    data = root / "data"
+    (data / "imports").mkdir(parents=True)  # jobs read only under <data_dir>/imports
+    job_file = data / "imports" / "more.jsonl"
     job_file.write_text("".join(json.dumps(d) + "\n" for d in job_docs))
     port = free_port()
     env = {
@@ -91,7 +93,6 @@ def server(
         "DOWSE_SEARCH_TIMEOUT_S": "90",
         "PYTHONPATH": str(REPO),
     }
-    data = root / "data"
     log = root / "serve.log"
     cmd = [sys.executable, "-m", "services.cli", "serve", "--port", str(port), "--data-dir", str(data)]
     with open(log, "ab") as fh:
@@ -312,11 +313,12 @@ def test_job_progress_moves(ui: dict[str, Any]) -> None:
     assert any(s == "running" and 0 < int(d) < N_JOB_DOCS for s, d in seen), seen
     expect(page.locator("#coll-table tr[data-collection='sci']")).to_contain_text(str(N_DOCS + N_JOB_DOCS))
     shoot(page, "collections")
-    # a file that does not exist: the error is shown in full, naming the field
+    # a file that does not exist: the error is shown in full (it does not say whether the file exists)
     page.fill("#job-path", str(ui["job_file"]) + ".missing")
     page.click("#job-form button")
     page.wait_for_selector("#job-error:not([hidden])")
-    assert "422 invalid_input: no such file" in page.inner_text("#job-error")
+    assert "422 invalid_input:" in page.inner_text("#job-error")
+    assert "not a regular file under an import root" in page.inner_text("#job-error")
 
 
 def test_eval_view_shows_tables_and_plots(ui: dict[str, Any]) -> None:
