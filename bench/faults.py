@@ -224,23 +224,28 @@ def summarise(d: Drill, phases: list[dict[str, Any]]) -> dict[str, Any]:
     for s in d.samples:
         by_status[str(s.status)] = by_status.get(str(s.status), 0) + 1
     checks: dict[str, Any] = {"no_500": by_status.get("500", 0) == 0}
-    gw_transport = [s for s in d.samples if s.status == 0 and s.kind in ("search", "lookup", "store")]
+    transport: dict[str, int] = {}
+    for smp in d.samples:
+        if smp.status == 0:  # direct calls to a killed role (upserts, embeddings) fail to connect: expected
+            transport[smp.kind] = transport.get(smp.kind, 0) + 1
+    gw_transport = [x for x in d.samples if x.status == 0 and x.kind in ("search", "lookup", "store")]
     checks["no_gateway_transport_errors"] = not gw_transport
     for ph in phases:
         dep, t0, t1 = ph["dependency"], ph["killed_at"], ph["restarted_at"]
         grace = 1.0  # requests already in flight when the process died
+        ph["down_window"] = {kind: _stats(window(d.samples, kind, t0 + grace, t1)) for kind, _ in MIX}
         if dep == "embedder":
-            s = window(d.samples, "search", t0 + grace, t1)
-            ok = [x for x in s if x.status == 200 and x.degraded]
-            ph["searches_during"] = len(s)
+            srch = window(d.samples, "search", t0 + grace, t1)
+            ok = [x for x in srch if x.status == 200 and x.degraded]
+            ph["searches_during"] = len(srch)
             ph["searches_200_degraded"] = len(ok)
-            checks["embedder_down_search_bm25_degraded"] = bool(s) and len(ok) == len(s)
+            checks["embedder_down_search_bm25_degraded"] = bool(srch) and len(ok) == len(srch)
         elif dep == "indexer":
-            s = window(d.samples, "search", t0 + grace, t1)
-            ok = [x for x in s if x.status in (503, 424) and x.error_field == "indexer"]
-            ph["searches_during"] = len(s)
+            srch = window(d.samples, "search", t0 + grace, t1)
+            ok = [x for x in srch if x.status in (503, 424) and x.error_field == "indexer"]
+            ph["searches_during"] = len(srch)
             ph["searches_503_424_naming_indexer"] = len(ok)
-            checks["indexer_down_search_503_424"] = bool(s) and len(ok) == len(s)
+            checks["indexer_down_search_503_424"] = bool(srch) and len(ok) == len(srch)
         elif dep == "redis":
             lk = window(d.samples, "lookup", t0 + grace, t1)
             st = window(d.samples, "store", t0 + grace, t1)
@@ -259,7 +264,23 @@ def summarise(d: Drill, phases: list[dict[str, Any]]) -> dict[str, Any]:
         checks[f"{dep}_recovered_within_10s_of_ready"] = (
             ph["recovery_s"] is not None and ph["recovery_s"] <= 10.0
         )
-    return {"status_counts": by_status, "checks": checks}
+    return {"status_counts": by_status, "transport_errors_by_kind": transport, "checks": checks}
+
+
+def _stats(samples: list[Sample]) -> dict[str, Any]:
+    """Count, statuses and latency percentiles of a window's requests of one kind."""
+    if not samples:
+        return {"n": 0}
+    lat = sorted(s.latency_s for s in samples)
+    statuses: dict[str, int] = {}
+    for s in samples:
+        statuses[str(s.status)] = statuses.get(str(s.status), 0) + 1
+    return {
+        "n": len(samples),
+        "status": statuses,
+        "p50_ms": round(1000 * lat[len(lat) // 2], 1),
+        "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1),
+    }
 
 
 async def drill(args: argparse.Namespace) -> dict[str, Any]:
@@ -369,7 +390,7 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
         for p in reversed(list(procs.values())):
             p.stop()
     out = summarise(d, phases)
-    out["checks"]["acknowledged_upserts_found"] = len(found) == len(d.acked)
+    out["checks"]["acknowledged_upserts_found"] = bool(d.acked) and len(found) == len(d.acked)
     for ph in phases:  # relative times for the report
         ph["killed_at"] = round(ph["killed_at"] - t_start, 2)
         ph["restarted_at"] = round(ph["restarted_at"] - t_start, 2)
@@ -385,9 +406,9 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def write(out: dict[str, Any]) -> None:
+def write(out: dict[str, Any], name: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "faults.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [
         "# Fault drill (bench/faults.py)",
         "",
@@ -399,15 +420,19 @@ def write(out: dict[str, Any]) -> None:
     lines += [f"| {k} | {'pass' if v else 'FAIL'} |" for k, v in out["checks"].items()]
     lines += [
         "",
+        f"Transport errors (direct calls to a killed role): {out['transport_errors_by_kind']}; upserts "
+        f"acknowledged {out['acknowledged_upserts']}, found afterwards {out['found_upserts']}.",
+    ]
+    lines += [
+        "",
         "| dependency | ready after restart s | full answers after ready s | details |",
         "|---|---|---|---|",
     ]
     for ph in out["phases"]:
-        extra = {
-            k: v for k, v in ph.items() if k not in ("dependency", "ready_after_restart_s", "recovery_s")
-        }
+        skip = ("dependency", "ready_after_restart_s", "recovery_s", "down_window")
+        extra = {k: v for k, v in ph.items() if k not in skip}
         lines.append(f"| {ph['dependency']} | {ph['ready_after_restart_s']} | {ph['recovery_s']} | {extra} |")
-    (RESULTS / "faults.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -419,8 +444,10 @@ def main() -> None:
     ap.add_argument("--settle-s", type=float, default=5.0)
     ap.add_argument("--base-port", type=int, default=18440)
     ap.add_argument("--model-cache", default=str(REPO / ".cache" / "models"))
-    out = asyncio.run(drill(ap.parse_args()))
-    write(out)
+    ap.add_argument("--out", default="faults", help="results file name under bench/results/")
+    args = ap.parse_args()
+    out = asyncio.run(drill(args))
+    write(out, args.out)
     print(
         json.dumps(
             {"checks": out["checks"], "phases": out["phases"], "status_counts": out["status_counts"]},
