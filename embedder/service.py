@@ -14,7 +14,7 @@ import numpy as np
 from embedder import metrics
 from embedder.batching import MICRO_BATCH_TOKENS, DynamicBatcher, Priority, check_priority, run_sorted
 from embedder.client import EmbedResult
-from embedder.errors import InvalidInput, NotReady, Overloaded, TooLarge
+from embedder.errors import DowseError, InvalidInput, NotReady, Overloaded, TooLarge
 from embedder.export import PRECISIONS, ensure_exported, read_manifest
 from embedder.onnx_model import Encoded, OnnxModel, truncate_dims
 from embedder.registry import UnknownModel, canonical_name, resolve, slug
@@ -103,8 +103,9 @@ class EmbeddingService:
             else:
                 model_dir = self.model_cache / slug(resolve(name))
                 if read_manifest(model_dir) is None:
-                    raise NotReady(
-                        f"model {name!r} is not exported in {self.model_cache}: "
+                    log.error("model %s is not exported in %s", name, self.model_cache)
+                    raise NotReady(  # clients get no server path; the log has it
+                        f"model {name!r} is not exported in the model cache: "
                         f"run `dowse models export {name}`",
                         field="model",
                     )
@@ -125,8 +126,11 @@ class EmbeddingService:
         """Load the models in a worker thread, then start the batchers; sets ``ready``."""
         try:
             await asyncio.to_thread(self.load)
-        except Exception:
-            self.load_error = "models failed to load (see the server log)"  # no paths or classes to clients
+        except Exception as exc:
+            # typed errors are written for clients; anything else may hold paths or classes: the log has it
+            self.load_error = (
+                exc.message if isinstance(exc, DowseError) else "models failed to load (see the log)"
+            )
             log.exception("embedder failed to load models")
             raise
         if self.batching:

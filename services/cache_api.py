@@ -105,6 +105,12 @@ class FeedbackResponse(BaseModel):
     observations: int
 
 
+class CacheUnavailable(NotReady):
+    """Redis is down: a store cannot be kept (503; lookups keep answering miss)."""
+
+    type = "unavailable"
+
+
 def _svc(request: Request) -> CacheService:
     svc: CacheService | None = getattr(request.app.state, "cache", None)
     if svc is None or not svc.started:
@@ -140,10 +146,12 @@ async def lookup(req: LookupRequest, request: Request) -> LookupResponse:
 
 @router.post("/store", response_model=StoreResponse, response_model_exclude_none=True)
 async def store(req: StoreRequest, request: Request) -> StoreResponse:
-    """Store a prompt/response pair (dropped, counted, when Redis is down)."""
+    """Store a prompt/response pair (503, dropped and counted, when Redis is down)."""
     svc = _svc(request)
     res = await svc.store(req.namespace, req.prompt, req.response, req.scope, req.metadata, req.ttl_s)
     STORES.labels("stored" if res.stored else "dropped").inc()
+    if not res.stored:  # Redis down: the client must know the pair was not kept (issue 10: 503)
+        raise CacheUnavailable("cache store (Redis) is unavailable: the pair was not stored", field="redis")
     return StoreResponse(**res.__dict__)
 
 

@@ -31,6 +31,7 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 INT64 = (-(2**63), 2**63 - 1)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
+PROBE_PATHS = ("/health", "/ready")  # kubelet probes send the pod IP as Host; they reveal nothing
 
 _SUSPECT_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _RAW_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")  # UTF-8-encoded surrogates: json.loads passes them
@@ -183,9 +184,8 @@ class RequestGuard:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
-            if self.allowed_hosts is not None and not host_allowed(
-                headers.get("host", ""), self.allowed_hosts
-            ):
+            host_checked = self.allowed_hosts is not None and scope.get("path") not in PROBE_PATHS
+            if host_checked and not host_allowed(headers.get("host", ""), self.allowed_hosts or []):
                 raise GuardRejection(
                     421, "misdirected_request", "this server does not serve that Host", "host"
                 )

@@ -130,7 +130,7 @@ def test_redis_outage_recovery_and_restart(stack: tuple[RedisProcess, Gateway]) 
         assert _bucket(c, "0.05") - before == 20
         assert sorted(timings)[len(timings) // 2] < 0.05, timings
         r = _post(c, "/v1/cache/store", {**LOOKUP, "prompt": "Capital of Spain?", "response": "Madrid"})
-        assert r.status_code == 200 and r.json()["stored"] is False
+        assert r.status_code == 503 and r.json()["error"]["field"] == "redis"
         stats = c.get("/v1/cache/stats", params={"namespace": "faq"}).json()
         assert stats["redis"] == "unavailable" and stats["replica"]["dropped_stores"] >= 1
         assert c.get("/ready").status_code == 200

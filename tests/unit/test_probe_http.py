@@ -237,7 +237,22 @@ async def test_configured_allowed_hosts(tmp_path: Path) -> None:
             (await c.get("/health", headers={"host": h})).status_code
             for h in ("a.internal", "search.example.com:443", "other.example.com", "internal")
         ]
-    assert got == [200, 200, 421, 421]
+    assert got == [200, 200, 200, 200]  # liveness/readiness probes come with the pod IP as Host
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c,
+    ):
+        got = [
+            (await c.get("/v1/collections", headers={"host": h})).status_code
+            for h in (
+                "a.internal",
+                "search.example.com:443",
+                "other.example.com",
+                "internal",
+                "10.0.0.7:8000",
+            )
+        ]
+    assert got == [200, 200, 421, 421, 421]
 
 
 # ---- over a real socket: a bad request leaves the keep-alive connection usable -------------------
