@@ -14,7 +14,7 @@ import numpy as np
 from embedder import metrics
 from embedder.batching import MICRO_BATCH_TOKENS, DynamicBatcher, Priority, check_priority, run_sorted
 from embedder.client import EmbedResult
-from embedder.errors import DowseError, InvalidInput, NotReady, Overloaded, TooLarge
+from embedder.errors import InvalidInput, NotReady, Overloaded, TooLarge
 from embedder.export import PRECISIONS, ensure_exported, read_manifest
 from embedder.onnx_model import Encoded, OnnxModel, truncate_dims
 from embedder.registry import UnknownModel, canonical_name, resolve, slug
@@ -127,9 +127,9 @@ class EmbeddingService:
         try:
             await asyncio.to_thread(self.load)
         except Exception as exc:
-            # typed errors are written for clients; anything else may hold paths or classes: the log has it
+            # "not exported" names the fix; anything else may hold paths or classes: the log has it
             self.load_error = (
-                exc.message if isinstance(exc, DowseError) else "models failed to load (see the log)"
+                exc.message if isinstance(exc, NotReady) else "models failed to load (see the server log)"
             )
             log.exception("embedder failed to load models")
             raise

@@ -16,6 +16,7 @@ a run of 19+ digits, or more brackets than the depth limit); plain small request
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -28,6 +29,7 @@ from services.errors import error_body
 
 MAX_JSON_DEPTH = 64  # containers inside containers; core limits on single fields are tighter (metadata 32)
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+THREAD_BODY_BYTES = 1024 * 1024
 INT64 = (-(2**63), 2**63 - 1)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
@@ -194,7 +196,10 @@ class RequestGuard:
                 return
             body = await self._read_body(headers, receive)
             if _is_json(headers.get("content-type", "")):
-                check_json_body(body)
+                if len(body) > THREAD_BODY_BYTES:  # a second parse of a big body: off the event loop
+                    await asyncio.to_thread(check_json_body, body)
+                else:
+                    check_json_body(body)
         except GuardRejection as rej:
             await _send_json(send, rej.status, rej.body)
             return

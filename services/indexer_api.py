@@ -288,7 +288,11 @@ async def _demo(svc: IndexerService, corpus: Path, model: str) -> None:
     except DowseError as exc:
         log.error("demo collection not created: %s", exc.message)
         return
-    job = await svc.start_local_job(DEMO_COLLECTION, corpus)  # the operator's file: no import roots
+    try:
+        job = await svc.start_local_job(DEMO_COLLECTION, corpus)  # the operator's file: no import roots
+    except DowseError as exc:
+        log.error("demo ingest of %s not started: %s", corpus, exc.message)
+        return
     log.info("demo ingest of %s started as job %s", corpus, job["id"])
 
 
