@@ -78,7 +78,8 @@ def server(
     root = tmp_path_factory.mktemp("ui")
     docs, job_docs, queries = scifact(shared_data)
     job_file = root / "more.jsonl"
-    job_file.write_text("".join(json.dumps(d) + "\n" for d in job_docs))
+    bad = [json.dumps({"_id": "no-text", "title": "t"}), "{not json"]  # two records the job reports
+    job_file.write_text("".join(json.dumps(d) + "\n" for d in job_docs) + "\n".join(bad) + "\n")
     port = free_port()
     env = {
         **os.environ,
@@ -241,6 +242,36 @@ def test_judging_a_hit_writes_the_qrels_file(ui: dict[str, Any]) -> None:
     assert "judgement(s) for this query" in page.inner_text("#judge-status")
 
 
+def test_degraded_and_partial_answers_are_said_in_words(ui: dict[str, Any]) -> None:
+    """The server's real answers, with the flags a failing retriever or shard sets, as the page shows them."""
+    page = ui["new_page"]()
+    flags = {
+        "hybrid": {"degraded": "lexical retrieval unavailable (timed out): dense only"},
+        "bm25": {"partial": True, "failed_shards": [{"shard": 1, "reason": "timed out"}]},
+    }
+
+    def flag(route: Any) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        answer = route.fetch()
+        out = {**answer.json(), **flags.get(body.get("mode"), {})}
+        route.fulfill(response=answer, body=json.dumps(out))
+
+    page.route("**/v1/search", flag)
+    page.goto(ui["url"] + "/ui/")
+    page.wait_for_selector("#collection option[value='sci']", state="attached")
+    page.click("summary")
+    page.uncheck("#do-rerank")
+    search(page, ui["queries"][2])
+    page.wait_for_selector(".col-hybrid[data-status='ok'] .banner")
+    assert page.inner_text(".col-hybrid .banner").startswith("Dense only: lexical retrieval unavailable")
+    assert "Partial answer: some shards did not answer: shard 1 (timed out)" in page.inner_text(".col-bm25")
+    page.wait_for_selector(".col-dense[data-status='ok']")
+    assert not page.locator(".col-dense .banner").count()
+    assert "switched off" in page.inner_text(".col-rerank")
+    shoot(page, "search-degraded")
+    page.close()
+
+
 def test_bad_filter_shows_a_clear_error(ui: dict[str, Any]) -> None:
     page = ui["page"]
     search(page, ui["queries"][1], '{"n": {"between": [1, 5]}}')
@@ -306,7 +337,9 @@ def test_job_progress_moves(ui: dict[str, Any]) -> None:
         if state[0] in ("completed", "failed"):
             break
         page.wait_for_timeout(150)
-    assert seen[-1] == ("completed", str(N_JOB_DOCS)), seen
+    assert seen[-1] == ("completed", str(N_JOB_DOCS + 2)), seen  # records read: 320 indexed, 2 failed
+    errors = page.inner_text(".job pre")  # shown in full, open
+    assert "text must be a non-empty string" in errors and "invalid JSON" in errors, errors
     done_values = {int(d) for s, d in seen if d}
     assert len(done_values) >= 3, seen  # 0, at least one batch in between, all: the bar moved
     assert any(s == "running" and 0 < int(d) < N_JOB_DOCS for s, d in seen), seen
