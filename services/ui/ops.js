@@ -10,6 +10,7 @@ let els = {};
 let timer = null;
 let visible = false;
 let onCollections = () => {};
+const errorsOpen = new Map(); // job -> whether its error list is open (open until the user closes it)
 
 export function initOps(collectionsChanged) {
   onCollections = collectionsChanged;
@@ -93,30 +94,27 @@ function fillSelect(sel, names) {
 }
 
 function renderTable(collections) {
-  const head = h("thead", {}, h("tr", {}, ["Name", "Documents", "Chunks", "Dense index", "Model", "Dims", "Metric", "BM25 analyzer", "Chunking", "Created"].map((c) => h("th", { scope: "col" }, c))));
+  const cols = ["Name", "Documents", "Chunks", "Dense index", "Model", "Dims", "Metric", "BM25 analyzer", "Chunking", "Created"];
+  const head = h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col" }, c))));
   const rows = collections.map((c) => {
     const st = c.stats || {};
     const index = c.index || {};
     const kind = st.dense_index || index.type || "—";
     const chunking = c.chunk_tokens ? `${c.chunk_tokens} tok / ${c.chunk_overlap || 0} overlap` : "—";
+    const dims = c.model_dim && c.model_dim !== c.dims ? `${c.dims} of ${c.model_dim}` : fmt(c.dims);
+    const values = [fmt(st.documents), fmt(st.chunks), kind, c.model || "—", dims, c.metric || "—", c.analyzer || "—", chunking, when(c.created_at)];
+    const numeric = new Set([0, 1, 4]);
+    // data-label: on a phone each row becomes a card of "label value" lines
     return h("tr", { dataset: { collection: c.name } },
       h("th", { scope: "row" }, c.name),
-      h("td", { class: "num" }, fmt(st.documents)),
-      h("td", { class: "num" }, fmt(st.chunks)),
-      h("td", {}, kind),
-      h("td", {}, c.model || "—"),
-      h("td", { class: "num" }, fmt(c.dims)),
-      h("td", {}, c.metric || "—"),
-      h("td", {}, c.analyzer || "—"),
-      h("td", {}, chunking),
-      h("td", {}, when(c.created_at)));
+      values.map((v, i) => h("td", { class: numeric.has(i) ? "num" : null, dataset: { label: cols[i + 1] } }, v)));
   });
   if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: "10", class: "muted" }, "No collections yet: POST /v1/collections or `dowse index`.")));
   els.table.replaceChildren(head, h("tbody", {}, rows));
 }
 
 function jobProgress(j) {
-  const done = (j.done || 0) + (j.skipped || 0);
+  const done = (j.done || 0) + (j.skipped || 0) + (j.failed || 0); // records read so far
   if (j.total === null || j.total === undefined) return { done, total: null, text: `${fmt(j.done || 0)} indexed (counting records…)` };
   const pctText = j.total ? ` (${Math.floor((100 * done) / j.total)}%)` : "";
   return { done, total: j.total, text: `${fmt(done)} / ${fmt(j.total)}${pctText}` };
@@ -129,8 +127,6 @@ function renderJobs(jobs) {
     els.jobs.replaceChildren(h("p", { class: "muted" }, "No ingest jobs yet."));
     return;
   }
-  // keep open/closed state of the error lists across refreshes
-  const open = new Set([...els.jobs.querySelectorAll("details[open]")].map((d) => d.dataset.key));
   const cards = jobs.slice(0, MAX_JOBS).map((j) => {
     const p = jobProgress(j);
     const key = `${j.collection}/${j.id}`;
@@ -145,7 +141,7 @@ function renderJobs(jobs) {
       h("p", { class: "small" }, `${fmt(j.done || 0)} indexed · ${fmt(j.skipped || 0)} already stored · ${fmt(j.failed || 0)} failed`,
         j.path ? [" · ", h("span", { class: "mono" }, `${j.path}${j.format ? ` (${j.format})` : ""}`)] : ""),
       errors.length
-        ? h("details", { class: "errors", dataset: { key }, open: open.has(key) || j.status === "failed" },
+        ? h("details", { class: "errors", open: errorsOpen.get(key) ?? true, ontoggle: (ev) => errorsOpen.set(key, ev.target.open) },
           h("summary", {}, `${errors.length} error${errors.length > 1 ? "s" : ""}`),
           h("pre", {}, errors.join("\n")))
         : null);

@@ -1,7 +1,8 @@
 """The /ui playground in a real headless Chromium (Debian's, driven by Playwright) against a real
-`dowse serve` subprocess holding 200 SciFact documents: search in four columns with explain ranks,
-relevance judging into the qrels file, a cache lookup's decision, a job's progress, a bad filter's error,
-the eval results, and a network log in which every request goes to the server itself.
+`dowse serve` subprocess holding 200 SciFact documents (abstracts cut at 600 characters): search in four
+columns with explain ranks, relevance judging into the qrels file, a cache lookup's decision, a job's
+progress, a bad filter's error, the eval results, and a network log in which every request goes to the
+server itself.
 
 Screenshots of each view at 1280 px and 390 px go to bench/results/ui/ (DOWSE_UI_SCREENSHOTS overrides).
 Chromium comes from `scripts/ensure_chromium.sh` (run by `make test`).
@@ -30,7 +31,7 @@ try:  # the dev extra installs it; without it this module fails with a clear mes
 except ImportError:  # pragma: no cover
     expect = None
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("DOWSE_UI_SCREENSHOTS", REPO / "bench" / "results" / "ui"))
@@ -39,6 +40,9 @@ WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
 N_DOCS = 200
 N_JOB_DOCS = 320  # ingested by a job while the page polls (5 batches of 64)
 COLL = "sci"
+# abstracts cut to their first ~130 tokens (one chunk each): the test is about the page, and embedding the
+# documents is most of its time (200 whole abstracts: 46 s vs 34 s at 1000 characters on the loaded box)
+TEXT_CHARS = 600
 UI_WAIT_MS = 90_000  # a search with rerank on the shared, loaded 2-core box: seconds, not minutes
 
 
@@ -62,7 +66,7 @@ def scifact(shared: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], l
     rest = [d for d in corpus if d["_id"] not in wanted]
     chosen = [d for d in corpus if d["_id"] in wanted] + rest[: N_DOCS - len(wanted)]
     docs = [
-        {"id": d["_id"], "title": d["title"], "text": d["text"], "metadata": {"n": i}}
+        {"id": d["_id"], "title": d["title"], "text": d["text"][:TEXT_CHARS], "metadata": {"n": i}}
         for i, d in enumerate(chosen)
     ]
     # short texts: the job only has to take a few seconds, in several batches
@@ -80,7 +84,8 @@ def server(
     data = root / "data"
     (data / "imports").mkdir(parents=True)  # jobs read only under <data_dir>/imports
     job_file = data / "imports" / "more.jsonl"
-    job_file.write_text("".join(json.dumps(d) + "\n" for d in job_docs))
+    bad = [json.dumps({"_id": "no-text", "title": "t"}), "{not json"]  # two records the job reports
+    job_file.write_text("".join(json.dumps(d) + "\n" for d in job_docs) + "\n".join(bad) + "\n")
     port = free_port()
     env = {
         **os.environ,
@@ -159,12 +164,12 @@ def ui(server: dict[str, Any]) -> Iterator[dict[str, Any]]:
         browser.close()
 
 
-def shoot(page: Any, name: str) -> None:
-    """Full-page screenshots at both widths, back to the desktop width afterwards."""
+def shoot(page: Any, name: str, full: bool = True) -> None:
+    """Screenshots (full page, or the first screen) at both widths, back to the desktop width afterwards."""
     for label, (w, hgt) in WIDTHS.items():
         page.set_viewport_size({"width": w, "height": hgt})
         page.wait_for_timeout(150)  # one layout pass after the resize
-        page.screenshot(path=str(SHOTS / f"{name}-{label}.png"), full_page=True)
+        page.screenshot(path=str(SHOTS / f"{name}-{label}.png"), full_page=full)
     page.set_viewport_size({"width": 1280, "height": 900})
 
 
@@ -240,6 +245,37 @@ def test_judging_a_hit_writes_the_qrels_file(ui: dict[str, Any]) -> None:
     data = load_beir(folder)
     assert data.queries == {qid: query} and data.qrels == {qid: {rel_id: 1}}
     assert "judgement(s) for this query" in page.inner_text("#judge-status")
+    shoot(page, "search-judged", full=False)
+
+
+def test_degraded_and_partial_answers_are_said_in_words(ui: dict[str, Any]) -> None:
+    """The server's real answers, with the flags a failing retriever or shard sets, as the page shows them."""
+    page = ui["new_page"]()
+    flags = {
+        "hybrid": {"degraded": "lexical retrieval unavailable (timed out): dense only"},
+        "bm25": {"partial": True, "failed_shards": [{"shard": 1, "reason": "timed out"}]},
+    }
+
+    def flag(route: Any) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        answer = route.fetch()
+        out = {**answer.json(), **flags.get(body.get("mode"), {})}
+        route.fulfill(response=answer, body=json.dumps(out))
+
+    page.route("**/v1/search", flag)
+    page.goto(ui["url"] + "/ui/")
+    page.wait_for_selector("#collection option[value='sci']", state="attached")
+    page.click("summary")
+    page.uncheck("#do-rerank")
+    search(page, ui["queries"][2])
+    page.wait_for_selector(".col-hybrid[data-status='ok'] .banner")
+    assert page.inner_text(".col-hybrid .banner").startswith("Dense only: lexical retrieval unavailable")
+    assert "Partial answer: some shards did not answer: shard 1 (timed out)" in page.inner_text(".col-bm25")
+    page.wait_for_selector(".col-dense[data-status='ok']")
+    assert not page.locator(".col-dense .banner").count()
+    assert "switched off" in page.inner_text(".col-rerank")
+    shoot(page, "search-degraded", full=False)
+    page.close()
 
 
 def test_bad_filter_shows_a_clear_error(ui: dict[str, Any]) -> None:
@@ -307,7 +343,9 @@ def test_job_progress_moves(ui: dict[str, Any]) -> None:
         if state[0] in ("completed", "failed"):
             break
         page.wait_for_timeout(150)
-    assert seen[-1] == ("completed", str(N_JOB_DOCS)), seen
+    assert seen[-1] == ("completed", str(N_JOB_DOCS + 2)), seen  # records read: 320 indexed, 2 failed
+    errors = page.inner_text(".job pre")  # shown in full, open
+    assert "text must be a non-empty string" in errors and "invalid JSON" in errors, errors
     done_values = {int(d) for s, d in seen if d}
     assert len(done_values) >= 3, seen  # 0, at least one batch in between, all: the bar moved
     assert any(s == "running" and 0 < int(d) < N_JOB_DOCS for s, d in seen), seen

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
 
 from embedder.errors import NotFound
 from gateway.eval import load_beir
@@ -28,10 +32,10 @@ class FakeIndexer:
         return {"name": name}
 
 
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[tuple[TestClient, Path]]:
+def build_app(tmp_path: Path) -> FastAPI:
+    """The playground routes over ``tmp_path`` (data dir, one results folder, one absent folder)."""
     results = tmp_path / "results"
-    results.mkdir()
+    results.mkdir(exist_ok=True)
     (results / "eval_x.md").write_text("# t\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
     (results / "eval_x.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (results / "secret.txt").write_text("no")
@@ -40,11 +44,13 @@ def client(tmp_path: Path) -> Iterator[tuple[TestClient, Path]]:
     install_error_handlers(app)
     app.include_router(ui_api.router)
     app.state.indexer_client = FakeIndexer()
-
-    import asyncio
-
     asyncio.run(ui_api.start(app, settings))
-    with TestClient(app, follow_redirects=False) as c:
+    return app
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[tuple[TestClient, Path]]:
+    with TestClient(build_app(tmp_path), follow_redirects=False) as c:
         yield c, tmp_path
 
 
@@ -143,3 +149,18 @@ def test_result_files_are_listed_and_served_read_only(client: tuple[TestClient, 
     assert c.get("/v1/eval/results/r0/eval_x.png").headers["content-type"] == "image/png"
     for bad in ("r0/secret.txt", "r5/eval_x.md", "x/eval_x.md", "r0/..%2fdata", "r0/missing.md"):
         assert c.get(f"/v1/eval/results/{bad}").status_code == 404, bad
+
+
+_FUZZ_DIR = tempfile.TemporaryDirectory()  # removed at interpreter exit
+schema = schemathesis.openapi.from_asgi("/openapi.json", build_app(Path(_FUZZ_DIR.name)))
+
+
+@schema.include(path_regex="^/v1/(judgements|eval)").parametrize()
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_fuzz_playground_routes_never_5xx(case: Any) -> None:
+    """Schemathesis bodies and paths for the judgement and result routes: never a 5xx, errors shaped."""
+    response = case.call()
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        err = response.json()["error"]
+        assert err["type"] and err["message"]
