@@ -376,6 +376,8 @@ class SearchPipeline:
         info = await self._indexer(
             self.collection_info(req.collection), self.retrieve_timeout_s, timer, "collection"
         )
+        # an alias resolves to its collection here, once, for every later call of this search
+        req = replace(req, collection=str(info.get("name") or req.collection))
         lexical, dense, notes = await self._retrieve(req, info, timer)
         start = time.perf_counter()
         fused = self._fuse(req, lexical, dense)
@@ -443,7 +445,17 @@ class SearchPipeline:
         degraded = "; ".join(notes) if notes else None
         if degraded:
             log.warning("degraded search on %s: %s", req.collection, degraded)
-        return SearchResponse(hits=out, timings_ms=timer.timings, degraded=degraded)
+        failed = _failed_shards(lexical, dense)
+        return SearchResponse(hits=out, timings_ms=timer.timings, degraded=degraded, failed_shards=failed)
+
+
+def _failed_shards(*lists: list[Hit] | None) -> list[dict[str, Any]]:
+    """Shards missing from either retriever's merged hits (one entry per shard, first reason kept)."""
+    out: dict[int, dict[str, Any]] = {}
+    for lst in lists:
+        for f in getattr(lst, "failed_shards", None) or []:
+            out.setdefault(f.shard, f.to_dict())
+    return [out[k] for k in sorted(out)]
 
 
 def _stage(rec: fusion.Fused, slot: int) -> dict[str, Any] | None:

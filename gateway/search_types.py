@@ -57,6 +57,13 @@ class SearchResponse:
     hits: list[SearchHit]
     timings_ms: dict[str, float]
     degraded: str | None = None
+    # shards of a sharded collection that did not answer: the hits come from the others
+    failed_shards: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        """True when some shard's hits are missing."""
+        return bool(self.failed_shards)
 
 
 class CircuitBreaker:
