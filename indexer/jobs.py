@@ -42,6 +42,7 @@ class IngestJobs:
     async def start_job(self, name: str, path: str | Path, fmt: str | None = None) -> dict[str, Any]:
         """Start a background ingest of a JSONL / CSV / Parquet file; resumes by skipping stored ids."""
         coll = self._get(name)
+        name = coll.name  # an alias names the job after its collection (cancelled with it)
         p = Path(path).expanduser().resolve()
         if self.job_roots is not None and not any(p.is_relative_to(r) for r in self.job_roots):
             raise InvalidInput(

@@ -311,3 +311,37 @@ async def test_aliases_route_everything_and_survive_restart(stack: SimpleNamespa
     assert AliasStore(stack.services[0].aliases.path).all() == {"live": "v2"}
     assert (await http.delete("/v1/aliases/live")).status_code == 200
     assert (await http.delete("/v1/aliases/live")).status_code == 404
+
+
+async def test_aliases_in_one_process_and_after_restart(tmp_path: Path) -> None:
+    from embedder.errors import Conflict
+    from gateway.pipeline import SearchPipeline, SearchRequest
+    from indexer.inprocess import InProcessIndexerClient
+
+    svc = IndexerService(tmp_path, FakeEmbedder())
+    await svc.open()
+    await svc.create_collection("v1", model="fake")
+    await svc.upsert("v1", docs(5))
+    assert (await svc.put_alias("live", "v1"))["previous"] is None
+    assert (await svc.collection_info("live"))["name"] == "v1"
+    await svc.upsert("live", docs(3, 10))
+    assert (await svc.collection_info("v1"))["stats"]["documents"] == 8
+    pipe = SearchPipeline(FakeEmbedder(), InProcessIndexerClient(svc))
+    resp = await pipe.search(SearchRequest("live", "protein cell heart", top_k=3))
+    assert len(resp.hits) == 3 and resp.partial is False
+    with pytest.raises(Conflict):
+        await svc.delete_collection("v1")  # an alias points at it
+    with pytest.raises(Conflict):
+        await svc.create_collection("live", model="fake")
+    with pytest.raises(InvalidInput, match="gateway"):
+        await svc.create_collection("x", model="fake", shards=3)  # one indexer cannot hold 3 shards
+    await svc.close()
+    again = IndexerService(tmp_path, FakeEmbedder())
+    await again.open()
+    try:
+        assert await again.list_aliases() == {"live": "v1"}
+        assert (await again.collection_info("live"))["stats"]["documents"] == 8
+        await again.delete_alias("live")
+        assert (await again.delete_collection("v1"))["deleted"] == "v1"
+    finally:
+        await again.close()
