@@ -105,6 +105,7 @@ class ShardedIndexerClient:
         self.alias_ttl_s = alias_ttl_s
         self.layout_ttl_s = layout_ttl_s
         self._aliases: tuple[float, dict[str, str]] = (-1e18, {})
+        self._alias_task: asyncio.Task[None] | None = None
         self._layouts: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def url(self, shard: int) -> str:
@@ -113,17 +114,27 @@ class ShardedIndexerClient:
 
     # ---- aliases and layout -----------------------------------------------------------------
     async def aliases(self, fresh: bool = False) -> dict[str, str]:
-        """Alias table from shard 0, cached ``alias_ttl_s``; a stale copy while shard 0 is down."""
+        """Alias table from shard 0, cached ``alias_ttl_s``.
+
+        Past the TTL the cached table answers while one background refresh runs (a hung shard 0 must not
+        stall every search); ``fresh`` (or no table yet) waits for shard 0."""
         at, table = self._aliases
-        if not fresh and time.monotonic() - at < self.alias_ttl_s:
-            return table
+        if fresh or at < 0:
+            await self._refresh_aliases()
+            return self._aliases[1]
+        if time.monotonic() - at >= self.alias_ttl_s and (
+            self._alias_task is None or self._alias_task.done()
+        ):
+            self._alias_task = asyncio.create_task(self._refresh_aliases())
+        return table
+
+    async def _refresh_aliases(self) -> None:
         try:
             body = await asyncio.wait_for(self.shards[0].request("GET", "/v1/aliases"), self.timeout_s)
             table = {str(a): str(c) for a, c in (body.get("aliases") or {}).items()}
             self._aliases = (time.monotonic(), table)
         except Exception as exc:  # shard 0 down: keep resolving with what we knew
             log.warning("alias table unavailable (%s); using the cached one", describe(exc, self.timeout_s))
-        return table
 
     async def resolve(self, name: str) -> str:
         """The collection behind ``name`` (itself when it is no alias)."""
@@ -160,6 +171,8 @@ class ShardedIndexerClient:
                     )
                 self._layouts[real] = (time.monotonic(), info)
                 return info
+        if cached is not None:  # no shard answered: the manifest we had is still the best guess
+            return cached[1]
         detail = "; ".join(f"shard {i}: {describe(e, self.timeout_s)}" for i, e in errors)
         raise DependencyFailed(f"collection {real!r}: no shard answered ({detail})", field="indexer")
 
@@ -266,6 +279,8 @@ class ShardedIndexerClient:
 
     async def aclose(self) -> None:
         """Close every shard's connection pool."""
+        if self._alias_task is not None:
+            self._alias_task.cancel()
         for c in self.shards:
             await c.aclose()
 
