@@ -228,7 +228,7 @@ class ShardAdmin:
             "upserted": sum(int(res[i].get("upserted") or 0) for i in ok),
             "chunks": sum(int(res[i].get("chunks") or 0) for i in ok),
             "acknowledged": [d["id"] for d in docs if shard_of(d["id"], n) in acked],
-            "shards": [{"shard": i, **res[i]} for i in ok],
+            "shards": [{"shard": i, **{k: res[i].get(k) for k in ("upserted", "chunks", "seq")}} for i in ok],
             "partial": bool(failed),
             "failed_shards": failed,
         }

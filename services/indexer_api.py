@@ -181,13 +181,16 @@ async def delete_collection(name: str, request: Request) -> dict[str, Any]:
 async def upsert_documents(name: str, body: UpsertRequest, request: Request) -> dict[str, Any]:
     """Batch upsert: validated, embedded, then written in one transaction (all or nothing)."""
     docs = [d.model_dump() for d in body.documents]
-    return await _svc(request).upsert(name, docs, model=body.model, dims=body.dims)
+    out = await _svc(request).upsert(name, docs, model=body.model, dims=body.dims)
+    # the same fields as a gateway's sharded write (docs/scale.md): one indexer writes all or nothing
+    return {**out, "acknowledged": [d["id"] for d in docs], "partial": False, "failed_shards": []}
 
 
 @router.post("/{name}/documents/delete")
 async def delete_documents(name: str, body: IdsRequest, request: Request) -> dict[str, Any]:
     """Delete documents by id (unknown ids ignored)."""
-    return await _svc(request).delete(name, body.ids)
+    out = await _svc(request).delete(name, body.ids)
+    return {**out, "acknowledged": list(body.ids), "partial": False, "failed_shards": []}
 
 
 @router.post("/{name}/documents/get")
