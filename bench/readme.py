@@ -30,6 +30,7 @@ SECTIONS = [
         "cache_latency_gptcache.md",
         "python bench/cache.py",
     ),
+    ("Client overhead: dowse_client vs raw httpx", "client.md", "python bench/client.py --rounds 7"),
 ]
 
 

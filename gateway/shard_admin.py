@@ -293,6 +293,11 @@ class ShardAdmin:
         out: dict[str, Any] = await self.client.shards[0].request("GET", "/v1/aliases")
         return out
 
+    async def get_alias(self, alias: str) -> dict[str, Any]:
+        """``{"alias", "collection"}`` (read fresh from shard 0)."""
+        out: dict[str, Any] = await self.client.shards[0].request("GET", f"/v1/aliases/{_q(alias)}")
+        return out
+
     async def delete_alias(self, alias: str) -> dict[str, Any]:
         """Remove an alias."""
         out: dict[str, Any] = await self.client.shards[0].request(

@@ -100,6 +100,13 @@ class AliasOps:
         """Every alias and its collection."""
         return self.aliases.all()
 
+    async def get_alias(self, alias: str) -> dict[str, Any]:
+        """``{"alias", "collection"}`` (404 if there is no such alias)."""
+        target = self.aliases.resolve(alias)
+        if target is None:
+            raise NotFound(f"no alias {alias!r}", field="alias")
+        return {"alias": alias, "collection": target}
+
     async def delete_alias(self, alias: str) -> dict[str, Any]:
         """Remove an alias (404 if there is none of that name)."""
         before = await asyncio.to_thread(self.aliases.delete, alias)

@@ -36,6 +36,12 @@ async def list_aliases(request: Request) -> dict[str, Any]:
     return {"aliases": await _svc(request).list_aliases()}
 
 
+@router.get("/{alias}")
+async def get_alias(alias: str, request: Request) -> dict[str, Any]:
+    """The collection an alias points at (404 if there is no such alias)."""
+    return await _svc(request).get_alias(alias)
+
+
 @router.delete("/{alias}")
 async def delete_alias(alias: str, request: Request) -> dict[str, Any]:
     """Remove an alias (the collection stays)."""

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedder.errors import DowseError, NotReady
 from gateway.pipeline import SearchLimits, SearchPipeline, SearchRequest, SearchResponse
+from services.auth import service_token
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def shard_urls(value: str) -> list[str]:
     return urls
 
 
-def sharded_client(settings: Any) -> Any:
+def sharded_client(settings: Any, token: str | None = None) -> Any:
     """A ShardedIndexerClient over ``settings.indexer_url`` (one indexer = a map of one shard)."""
     from gateway.shards import ShardedIndexerClient
     from indexer.http_client import HttpIndexerClient
@@ -164,7 +165,7 @@ def sharded_client(settings: Any) -> Any:
     # each shard answers within 90 % of the retrieve budget, so the merge of the others is still in time
     shard_timeout = getattr(settings, "shard_timeout_s", None) or 0.9 * settings.retrieve_timeout_s
     clients = [
-        HttpIndexerClient(u, timeout_s=max(shard_timeout, settings.retrieve_timeout_s) + 1.0)
+        HttpIndexerClient(u, timeout_s=max(shard_timeout, settings.retrieve_timeout_s) + 1.0, token=token)
         for u in shard_urls(settings.indexer_url)
     ]
     return ShardedIndexerClient(
@@ -199,14 +200,18 @@ async def start(app: FastAPI, settings: Any) -> None:
             raise RuntimeError("gateway needs an embedder: mount the embedder role or set DOWSE_EMBEDDER_URL")
         from embedder.http_client import HttpEmbedderClient
 
-        embedder = HttpEmbedderClient(settings.embedder_url, timeout_s=max(settings.rerank_timeout_s, 10.0))
+        embedder = HttpEmbedderClient(
+            settings.embedder_url,
+            timeout_s=max(settings.rerank_timeout_s, 10.0),
+            token=service_token(settings),
+        )
         app.state.embedder_client = embedder
         owned.append(embedder)
     indexer = getattr(app.state, "indexer_client", None)
     if indexer is None:
         if not settings.indexer_url:
             raise RuntimeError("gateway needs an indexer: mount the indexer role or set DOWSE_INDEXER_URL")
-        indexer = sharded_client(settings)
+        indexer = sharded_client(settings, token=service_token(settings))
         app.state.indexer_client = indexer
         app.state.shard_client = indexer
         owned.append(indexer)

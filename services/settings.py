@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +22,13 @@ class CommonSettings(BaseSettings):
     port: int = 8000
     log_json: bool = False
     log_level: str = "INFO"
+    # Auth (docs/security.md). auto: on once a key exists (or DOWSE_ADMIN_KEY is set), else off, which
+    # only a loopback bind or --insecure allows; required: on; off: no checks (loopback or --insecure).
+    auth: Literal["auto", "required", "off"] = "auto"
+    admin_key: SecretStr | None = None  # bootstrap key with scope admin (>= 32 characters)
+    service_token: SecretStr | None = None  # gateway -> embedder/indexer; separate roles accept only it
+    insecure: bool = False  # allow serving a non-loopback address with auth off
+    auth_cache_ttl_s: float = Field(2.0, gt=0, le=5, description="key records cached per process")
 
     def model_cache_dir(self) -> Path:
         """Where exported models live."""

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from embedder.errors import DowseError, NotReady
 from gateway.shard_admin import ShardAdmin
 from services.aliases_api import AliasPut
+from services.auth import allowed
 from services.errors import status_for
 from services.indexer_api import CollectionCreate, IdsRequest, JobCreate, UpsertRequest
 
@@ -54,8 +55,14 @@ async def create_collection(body: CollectionCreate, request: Request) -> JSONRes
 
 @router.get(PREFIX)
 async def list_collections(request: Request) -> JSONResponse:
-    """Collections with stats summed over their shards."""
-    return await _answer(_admin(request).list_collections())
+    """Collections with stats summed over their shards (with auth on: those the key can search or write)."""
+    out = await _admin(request).list_collections()
+    out["collections"] = [
+        c
+        for c in out["collections"]
+        if allowed(request, "search", c["name"]) or allowed(request, "write", c["name"])
+    ]
+    return JSONResponse(out)
 
 
 @router.get(PREFIX + "/{name}")
@@ -125,6 +132,12 @@ async def put_alias(alias: str, body: AliasPut, request: Request) -> JSONRespons
 async def list_aliases(request: Request) -> JSONResponse:
     """Every alias and its collection."""
     return await _answer(_admin(request).list_aliases())
+
+
+@router.get("/v1/aliases/{alias}")
+async def get_alias(alias: str, request: Request) -> JSONResponse:
+    """The collection an alias points at (404 if there is no such alias)."""
+    return await _answer(_admin(request).get_alias(alias))
 
 
 @router.delete("/v1/aliases/{alias}")
