@@ -104,6 +104,7 @@ def main() -> None:
         model_cache=args.model_cache,
         env={
             "DOWSE_EXTRA_MODELS": "[]",
+            "DOWSE_AUTH": "off",  # loopback bench: routing cost, not key checks
             "DOWSE_RETRIEVE_TIMEOUT_S": "60",
             "DOWSE_SEARCH_TIMEOUT_S": "150",
             "DOWSE_EMBED_TIMEOUT_S": "60",

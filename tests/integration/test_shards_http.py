@@ -33,6 +33,11 @@ N_DOCS = 300
 RETRIEVE_TIMEOUT_S = 60.0
 SEARCH_TIMEOUT_S = 150.0
 HTTP_TIMEOUT_S = SEARCH_TIMEOUT_S + 30
+# auth on, as in production: the gateways reach the shards with the service token
+ADMIN_KEY = "adm-" + "s" * 40
+SERVICE_TOKEN = "svc-" + "s" * 40
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+SERVICE = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
 
 
 def free_block(n: int) -> int:
@@ -75,7 +80,7 @@ def scifact_subset(
 
 def search(gw: str, coll: str, query: str, mode: str, top_k: int = 10) -> dict[str, Any]:
     body = {"collection": coll, "query": query, "mode": mode, "top_k": top_k, "candidates": 100}
-    r = httpx.post(f"{gw}/v1/search", json=body, timeout=HTTP_TIMEOUT_S)
+    r = httpx.post(f"{gw}/v1/search", json=body, timeout=HTTP_TIMEOUT_S, headers=ADMIN)
     assert r.status_code == 200, r.text
     out: dict[str, Any] = r.json()
     return out
@@ -97,6 +102,9 @@ def cluster(
         model_cache=model_cache,
         env={
             "DOWSE_EXTRA_MODELS": "[]",  # no cross-encoder: nothing here reranks
+            "DOWSE_AUTH": "required",
+            "DOWSE_ADMIN_KEY": ADMIN_KEY,
+            "DOWSE_SERVICE_TOKEN": SERVICE_TOKEN,
             "DOWSE_RETRIEVE_TIMEOUT_S": str(RETRIEVE_TIMEOUT_S),
             "DOWSE_SEARCH_TIMEOUT_S": str(SEARCH_TIMEOUT_S),
             "DOWSE_EMBED_TIMEOUT_S": "60",  # a loaded box must not turn the comparison BM25-only
@@ -107,7 +115,9 @@ def cluster(
         docs, queries, qrels, spare = scifact_subset(shared_data)
         gws = [g.url for g in lc.gateways]
         for i, (name, shards) in enumerate((("sci3", 3), ("sci1", 1))):
-            r = httpx.post(f"{gws[i]}/v1/collections", json={"name": name, "shards": shards}, timeout=120)
+            r = httpx.post(
+                f"{gws[i]}/v1/collections", json={"name": name, "shards": shards}, timeout=120, headers=ADMIN
+            )
             assert r.status_code == 201, r.text
             for j in range(0, len(docs), 100):
                 part = docs[j : j + 100]
@@ -115,6 +125,7 @@ def cluster(
                     f"{gws[(i + j) % 2]}/v1/collections/{name}/documents",
                     json={"documents": part},
                     timeout=600,
+                    headers=ADMIN,
                 )
                 assert r.status_code == 200, r.text
                 assert r.json()["acknowledged"] == [d["id"] for d in part]
@@ -127,7 +138,7 @@ def cluster(
 def test_three_shards_answer_like_one(cluster: dict[str, Any]) -> None:
     gws, queries, qrels = cluster["gws"], cluster["queries"], cluster["qrels"]
     for shard in cluster["lc"].shards:  # the hash placed every document on its own shard only
-        st = httpx.get(f"{shard.url}/v1/collections/sci3", timeout=60).json()
+        st = httpx.get(f"{shard.url}/v1/collections/sci3", timeout=60, headers=SERVICE).json()
         assert 60 < st["stats"]["documents"] < 140, st["stats"]  # ~100 each; a 3-way split of 300
     runs: dict[tuple[str, int], dict[str, dict[str, float]]] = {}
     for qi, (qid, text) in enumerate(queries.items()):
@@ -170,7 +181,7 @@ def test_killed_shard_partial_answers_no_false_acks_and_recovery(cluster: dict[s
         while not stop.is_set():
             t0 = time.monotonic()
             body = {"collection": "sci3", "query": texts[i % len(texts)], "mode": "hybrid"}
-            r = httpx.post(f"{gws[i % 2]}/v1/search", json=body, timeout=HTTP_TIMEOUT_S)
+            r = httpx.post(f"{gws[i % 2]}/v1/search", json=body, timeout=HTTP_TIMEOUT_S, headers=ADMIN)
             searches.append((t0, time.monotonic(), r.status_code, r.json()))
             i += 1
 
@@ -180,7 +191,10 @@ def test_killed_shard_partial_answers_no_false_acks_and_recovery(cluster: dict[s
                 return
             t0 = time.monotonic()
             r = httpx.post(
-                f"{gws[i % 2]}/v1/collections/sci3/documents", json={"documents": batch}, timeout=600
+                f"{gws[i % 2]}/v1/collections/sci3/documents",
+                json={"documents": batch},
+                timeout=600,
+                headers=ADMIN,
             )
             writes.append((t0, time.monotonic(), r.status_code, r.json(), [d["id"] for d in batch]))
 
@@ -245,10 +259,12 @@ def test_killed_shard_partial_answers_no_false_acks_and_recovery(cluster: dict[s
         body = search(gw, "sci3", texts[0], "hybrid")
         assert body["partial"] is False, body["failed_shards"]
     ids = sorted(acked | {d["id"] for d in cluster["docs"]})
-    r = httpx.post(f"{gws[0]}/v1/collections/sci3/documents/get", json={"ids": ids}, timeout=120)
+    r = httpx.post(
+        f"{gws[0]}/v1/collections/sci3/documents/get", json={"ids": ids}, timeout=120, headers=ADMIN
+    )
     assert r.status_code == 200 and r.json()["partial"] is False
     assert {d["id"] for d in r.json()["documents"]} == set(ids)
     for shard in lc.shards:
-        st = httpx.get(f"{shard.url}/v1/collections/sci3", timeout=60).json()["stats"]
+        st = httpx.get(f"{shard.url}/v1/collections/sci3", timeout=60, headers=SERVICE).json()["stats"]
         assert st["documents"] == st["lexical_documents"], (shard.name, st)
         assert st["chunks"] == st["dense_vectors"], (shard.name, st)
