@@ -64,14 +64,17 @@ async def request_json(
     service: str,
     unknown: type[DowseError] = InvalidInput,
     headers: dict[str, str] | None = None,
+    timeout: float | None = None,
 ) -> Any:
     """One JSON call to a Dowse ``service``.
 
     Transport failures, timeouts, 5xx and invalid JSON become DependencyFailed (``field`` = the service);
-    a 4xx becomes the matching DowseError (see :func:`error_from_response`).
+    a 4xx becomes the matching DowseError (see :func:`error_from_response`). ``timeout`` overrides the
+    client's for this call.
     """
     try:
-        resp = await client.request(method, path, json=json, headers=headers)
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        resp = await client.request(method, path, json=json, headers=headers, **extra)
     except httpx.TimeoutException as exc:
         raise DependencyFailed(f"{service} timed out on {path}", field=service) from exc
     except httpx.HTTPError as exc:

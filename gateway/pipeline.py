@@ -415,6 +415,8 @@ class SearchPipeline:
         info = await self._indexer(
             self.collection_info(req.collection), self.retrieve_timeout_s, timer, "collection"
         )
+        # an alias resolves to its collection here, once, for every later call of this search
+        req = replace(req, collection=str(info.get("name") or req.collection))
         stage = search_defaults.stage_key(req.mode, req.fusion)
         weight, weight_source = search_defaults.choose_rerank_weight(
             req.rerank_weight, stage, info, self.default_rerank_weight
@@ -487,7 +489,14 @@ class SearchPipeline:
         degraded = "; ".join(notes) if notes else None
         if degraded:
             log.warning("degraded search on %s: %s", req.collection, degraded)
-        return SearchResponse(hits=out, timings_ms=timer.timings, degraded=degraded, degraded_reasons=reasons)
+        failed = _failed_shards(lexical, dense)
+        return SearchResponse(
+            hits=out,
+            timings_ms=timer.timings,
+            degraded=degraded,
+            degraded_reasons=reasons,
+            failed_shards=failed,
+        )
 
 
 def _rerank_explain(
@@ -505,6 +514,15 @@ def _rerank_explain(
     if weight_info["weight"] == 0.0:
         return {"score": None, "blended": None, "skipped": "weight 0 keeps the fused order", **weight_info}
     return None
+
+
+def _failed_shards(*lists: list[Hit] | None) -> list[dict[str, Any]]:
+    """Shards missing from either retriever's merged hits (one entry per shard, first reason kept)."""
+    out: dict[int, dict[str, Any]] = {}
+    for lst in lists:
+        for f in getattr(lst, "failed_shards", None) or []:
+            out.setdefault(f.shard, f.to_dict())
+    return [out[k] for k in sorted(out)]
 
 
 def _stage(rec: fusion.Fused, slot: int) -> dict[str, Any] | None:

@@ -99,6 +99,8 @@ class Manifest:
     analyzer: str = "en_stem"
     chunk_tokens: int = 256
     chunk_overlap: int = 32
+    shards: int = 1  # shard count of the collection, fixed at creation (indexer.sharding.shard_of)
+    shard: int = 0  # which of them this indexer holds
     schema_version: int = SCHEMA_VERSION
     created_at: float = field(default_factory=time.time)
 

@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from embedder.errors import InvalidInput
-from indexer.errors import DocumentTooLarge, InvalidDocument
+from indexer.errors import DocumentTooLarge, InvalidCollectionSpec, InvalidDocument
+from indexer.sharding import MAX_SHARDS
 
 MAX_K = 1000
 MAX_ID_CHARS = 512
@@ -135,3 +136,30 @@ def check_ids(ids: Any, limit: int) -> None:
         raise InvalidInput("ids must be a list of strings", field="ids")
     if len(ids) > limit:
         raise DocumentTooLarge(f"at most {limit} ids per request", field="ids", limit=limit)
+
+
+def check_shards(shards: Any, shard: Any) -> int:
+    """Validate ``shards`` / ``shard``; returns the shard index (0 for an unsharded collection)."""
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        raise InvalidCollectionSpec(f"shards must be in [1, {MAX_SHARDS}]", field="shards", limit=MAX_SHARDS)
+    if shard is None:
+        if shards > 1:
+            raise InvalidCollectionSpec(
+                f"this indexer is one shard: a collection of {shards} shards is created through a gateway "
+                f"whose shard map (DOWSE_INDEXER_URL) lists at least {shards} indexers",
+                field="shards",
+                limit=1,
+            )
+        return 0
+    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < shards:
+        raise InvalidCollectionSpec(f"shard must be in [0, {shards - 1}]", field="shard", limit=shards - 1)
+    return shard
+
+
+def check_stats(stats: Any) -> None:
+    """``{"num_docs": int >= 0, "df": {term: int >= 0}}``."""
+    ok = isinstance(stats, dict) and isinstance(stats.get("num_docs"), int) and stats["num_docs"] >= 0
+    df = stats.get("df") if isinstance(stats, dict) else None
+    ok = ok and isinstance(df, dict) and all(isinstance(v, int) and v >= 0 for v in df.values())
+    if not ok:
+        raise InvalidInput('stats must be {"num_docs": n, "df": {term: n}}', field="stats")

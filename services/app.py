@@ -32,9 +32,18 @@ log = logging.getLogger(__name__)
 
 ROLE_MODULES: dict[str, list[str]] = {
     "embedder": ["services.embedder_api"],
-    "indexer": ["services.indexer_api"],
-    "gateway": ["services.gateway_api", "services.cache_api", "services.keys_api", "services.ui_api"],
+    "indexer": ["services.indexer_api", "services.aliases_api"],
+    "gateway": [
+        "services.gateway_api",
+        "services.cache_api",
+        "services.keys_api",
+        "services.shards_api",
+        "services.ui_api",
+    ],
 }
+# the gateway's collection routes front remote indexer shards; with the indexer in the same process its
+# own routes answer instead
+SHADOWED_BY = {"services.shards_api": "indexer"}
 ALL_ROLES = ("embedder", "indexer", "gateway")
 
 
@@ -51,7 +60,12 @@ def _auth_redis(settings: Any) -> Any:
 def create_app(settings: Any, roles: Iterable[str] = ALL_ROLES) -> FastAPI:
     """Build the FastAPI app for ``roles`` (embedder → indexer → gateway start order)."""
     roles = [r for r in ALL_ROLES if r in set(roles)]
-    modules = [import_module(name) for role in roles for name in ROLE_MODULES[role]]
+    modules = [
+        import_module(name)
+        for role in roles
+        for name in ROLE_MODULES[role]
+        if SHADOWED_BY.get(name) not in roles
+    ]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -98,6 +98,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/collections/{name}/documents/{doc_id:path}"): Rule(("search",), C, path="name"),
     ("POST", "/v1/collections/{name}/search/dense"): Rule(("search",), C, path="name"),
     ("POST", "/v1/collections/{name}/search/lexical"): Rule(("search",), C, path="name"),
+    ("POST", "/v1/collections/{name}/search/lexical/stats"): Rule(("search",), C, path="name"),
     ("POST", "/v1/collections/{name}/jobs"): Rule(("write",), C, path="name"),
     ("GET", "/v1/collections/{name}/jobs"): Rule(("write",), C, path="name"),
     ("GET", "/v1/collections/{name}/jobs/{job_id}"): Rule(("write",), C, path="name"),

@@ -128,7 +128,10 @@ class GatewaySettings(CacheSettings):
     """Gateway: search pipeline, cache, and where the other services live."""
 
     embedder_url: str | None = None
-    indexer_url: str | None = None
+    indexer_url: str | None = None  # the shard map: comma-separated indexer URLs, shard 0 first
+    shard_timeout_s: float | None = None  # per shard call; None = 0.9 x retrieve_timeout_s
+    bm25_global_stats: bool = True  # sharded BM25 with collection-wide idf (one extra round trip)
+    shard_write_timeout_s: float = 300.0  # a write embeds its documents on the shard before it answers
     embed_timeout_s: float = 2.0
     rerank_timeout_s: float = 5.0
     search_timeout_s: float = 5.0

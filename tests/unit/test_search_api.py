@@ -43,8 +43,9 @@ async def test_search_contract_and_server_timing(client: httpx.AsyncClient) -> N
     r = await client.post("/v1/search", json={"collection": "sci", "query": "aspirin heart", "explain": True})
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"hits", "timings_ms", "degraded"}
+    assert set(body) == {"hits", "timings_ms", "degraded", "partial", "failed_shards"}
     assert body["degraded"] is False
+    assert body["partial"] is False and body["failed_shards"] == []
     hit = body["hits"][0]
     assert set(hit) == {"id", "score", "title", "text", "metadata", "explain"}
     assert set(hit["explain"]) == {"bm25", "dense", "fused", "rerank"}
@@ -179,10 +180,15 @@ async def test_start_wires_clients_and_readiness() -> None:
 
     remote = FastAPI()
     remote.state.ready_checks = []
-    settings = GatewaySettings(embedder_url="http://127.0.0.1:9", indexer_url="http://127.0.0.1:9")
+    urls = "http://127.0.0.1:9, http://127.0.0.1:10/"
+    settings = GatewaySettings(embedder_url="http://127.0.0.1:9", indexer_url=urls, retrieve_timeout_s=2.0)
     await gateway_api.start(remote, settings)
     assert type(remote.state.search_pipeline.embedder).__name__ == "HttpEmbedderClient"
-    assert type(remote.state.search_pipeline.indexer).__name__ == "HttpIndexerClient"
+    sharded = remote.state.search_pipeline.indexer
+    assert type(sharded).__name__ == "ShardedIndexerClient"  # the shard map, one URL per shard
+    assert [type(c).__name__ for c in sharded.shards] == ["HttpIndexerClient"] * 2
+    assert [c.base_url for c in sharded.shards] == ["http://127.0.0.1:9", "http://127.0.0.1:10"]
+    assert sharded.timeout_s == pytest.approx(1.8)  # 90 % of the retrieve budget
     await gateway_api.stop(remote)
 
     bare = FastAPI()
