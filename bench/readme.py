@@ -11,6 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MARK = "## Benchmarks (latest results)"
 SECTIONS = [
     ("Embedder", "embed.md", "python bench/embed.py [--part speed|rerank|http|quality|invariance]"),
+    (
+        "Embedder vs Infinity over HTTP (same MiniLM)",
+        "embed_peer.md",
+        "python bench/embed_peer.py --rounds 3 --seconds 12 --infinity-int8",
+    ),
     ("Indexer", "index.md", "python bench/index.py --part bm25|quality|ingest|ann"),
     (
         "Search quality: `dowse eval` on SciFact",
