@@ -12,7 +12,7 @@ from typing import Any
 
 from indexer.errors import InvalidFilter
 
-KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")  # fullmatch: no trailing newline
+KEY_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}\Z")  # \Z, not $: no trailing newline
 MAX_KEYS = 16
 MAX_IN = 1024
 RANGE_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}

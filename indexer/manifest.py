@@ -13,7 +13,8 @@ from typing import Any
 from indexer.errors import InvalidCollectionSpec
 
 SCHEMA_VERSION = 1
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch (``$`` allows "name\n")
+# \A...\Z (``$`` accepted "name\n"): strict with match() and fullmatch() alike
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf-pq")
 CODES = (None, "sq8", "binary")
 METRICS = ("cosine", "ip", "l2")

@@ -137,7 +137,6 @@ def check_json_value(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
                     raise GuardRejection(
                         422, "invalid_input", f"{where}: a key is not valid Unicode (lone surrogate)", where
                     )
-                # a key that itself is not encodable was refused above; use a printable stand-in
                 stack.append((child, [*path, key], depth + 1))
 
 
@@ -211,7 +210,7 @@ class RequestGuard:
         if declared is not None:
             if not declared.strip().isdigit():
                 raise GuardRejection(400, "bad_request", "Content-Length is not a number", "content-length")
-            if int(declared) > limit:
+            if len(declared.strip()) > 18 or int(declared) > limit:  # (int() refuses 4300+ digits)
                 raise GuardRejection(413, "too_large", f"request body over {limit} bytes", "body", limit)
         chunks: list[bytes] = []
         size = 0

@@ -48,9 +48,9 @@ from gateway.cache.policy import ThresholdFit
 
 PREFIX = "dowse:cache"
 # always fullmatch; no ':' (the key separator: namespace "a" must never reach the keys of "a:b")
-NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+NAMESPACE_RE = re.compile(r"\A[A-Za-z0-9_.\-]{1,128}\Z")
 # entry, lookup and answer group ids: server-made hex, checked wherever a client names one
-ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+ID_RE = re.compile(r"\A[A-Za-z0-9_\-]{1,64}\Z")
 
 
 @dataclass(frozen=True)
