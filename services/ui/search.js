@@ -20,6 +20,7 @@ export function initSearch() {
     form: document.getElementById("search-form"),
     q: document.getElementById("q"),
     collection: document.getElementById("collection"),
+    collectionName: document.getElementById("collection-name"),
     topK: document.getElementById("top-k"),
     filters: document.getElementById("filters"),
     error: document.getElementById("search-error"),
@@ -71,7 +72,8 @@ function numberOrUndefined(id) {
 function readForm() {
   const query = els.q.value;
   if (!query.trim()) throw new Error("Type a query first.");
-  if (!els.collection.value) throw new Error("No collection to search: create or index one first.");
+  const collection = els.collection.hidden ? els.collectionName.value.trim() : els.collection.value;
+  if (!collection) throw new Error("No collection to search: create or index one first.");
   let filters;
   const raw = els.filters.value.trim();
   if (raw) {
@@ -87,7 +89,7 @@ function readForm() {
     }
   }
   const common = {
-    collection: els.collection.value,
+    collection,
     query,
     top_k: numberOrUndefined("top-k") ?? 10,
     fusion: document.getElementById("fusion").value,

@@ -277,6 +277,23 @@ def test_degraded_and_partial_answers_are_said_in_words(ui: dict[str, Any]) -> N
     page.close()
 
 
+def test_collection_name_can_be_typed_where_collections_are_not_listed(ui: dict[str, Any]) -> None:
+    """A gateway-only origin without the indexer's routes: the picker becomes a text field, search works."""
+    page = ui["new_page"]()
+    not_found = {"error": {"type": "not_found", "message": "Not Found"}}
+    page.route("**/v1/collections", lambda r: r.fulfill(status=404, json=not_found))
+    page.goto(ui["url"] + "/ui/")
+    page.wait_for_selector("#collection-name:not([hidden])")
+    assert page.locator("#collection").is_hidden()
+    assert "type a collection name" in page.inner_text("#search-status")
+    page.fill("#collection-name", COLL)
+    page.click("summary")
+    page.uncheck("#do-rerank")
+    search(page, ui["queries"][0])
+    page.wait_for_selector(".col-hybrid[data-status='ok'] .hit")
+    page.close()
+
+
 def test_bad_filter_shows_a_clear_error(ui: dict[str, Any]) -> None:
     page = ui["page"]
     search(page, ui["queries"][1], '{"n": {"between": [1, 5]}}')
