@@ -23,13 +23,13 @@ run: venv
 	$(VENV)/bin/dowse serve --data-dir $(DATA_DIR) --port $(PORT) --demo-corpus $(DEMO_CORPUS)
 
 lint: venv
-	$(VENV)/bin/ruff check embedder indexer gateway services tests bench
-	$(VENV)/bin/ruff format --check embedder indexer gateway services tests bench
+	$(VENV)/bin/ruff check embedder indexer gateway services client tests bench
+	$(VENV)/bin/ruff format --check embedder indexer gateway services client tests bench
 	$(VENV)/bin/mypy
 
 fmt: venv
-	$(VENV)/bin/ruff check --fix embedder indexer gateway services tests bench
-	$(VENV)/bin/ruff format embedder indexer gateway services tests bench
+	$(VENV)/bin/ruff check --fix embedder indexer gateway services client tests bench
+	$(VENV)/bin/ruff format embedder indexer gateway services client tests bench
 
 test: venv lint
 	scripts/ensure_redis.sh

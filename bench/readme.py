@@ -18,6 +18,11 @@ SECTIONS = [
         "dowse eval --dataset ../shared/data/scifact",
     ),
     ("Search vs peer pipeline", "search.md", "python bench/search.py --rounds 5"),
+    (
+        "Rerank as served: hybrid vs hybrid + rerank through /v1/search (SciFact)",
+        "rerank_served.md",
+        "python bench/rerank_served.py",
+    ),
     ("Semantic cache workloads", "cache_eval.md", "dowse cache-eval (python bench/cache.py --part eval)"),
     (
         "Semantic cache policy tuning (banking77 train only)",
@@ -30,6 +35,7 @@ SECTIONS = [
         "cache_latency_gptcache.md",
         "python bench/cache.py",
     ),
+    ("Client overhead: dowse_client vs raw httpx", "client.md", "python bench/client.py --rounds 7"),
 ]
 
 

@@ -27,6 +27,11 @@ from embedder.registry import UnknownModel, canonical_name
 log = logging.getLogger(__name__)
 
 
+def auth_headers(token: str | None) -> dict[str, str]:
+    """``Authorization: Bearer <service token>`` for calls to another Dowse role (none without a token)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def error_from_response(
     resp: httpx.Response, service: str = "embedder", unknown: type[DowseError] = InvalidInput
 ) -> DowseError:
@@ -42,6 +47,8 @@ def error_from_response(
     field, limit = err.get("field"), err.get("limit")
     if resp.status_code >= 500:
         return DependencyFailed(f"{service} failed (HTTP {resp.status_code}): {message}", field=service)
+    if resp.status_code in (401, 403):  # the service token is missing or wrong: not the caller's fault
+        return DependencyFailed(f"{service} refused this service (HTTP {resp.status_code})", field=service)
     cls = category_for_type(str(err.get("type"))) or category_for_status(resp.status_code) or unknown
     return cls(message, field=field, limit=limit)
 
@@ -80,10 +87,16 @@ class HttpEmbedderClient:
     """Talks to a remote embedder; one pooled httpx client per instance."""
 
     def __init__(
-        self, base_url: str, timeout_s: float = 10.0, client: httpx.AsyncClient | None = None
+        self,
+        base_url: str,
+        timeout_s: float = 10.0,
+        client: httpx.AsyncClient | None = None,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = client or httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        self._client = client or httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout_s, headers=auth_headers(token)
+        )
         self._info: dict[str, Any] | None = None
 
     async def _request(self, method: str, path: str, json: Any = None) -> Any:

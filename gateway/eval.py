@@ -103,6 +103,28 @@ def folds(qids: Sequence[str], k: int = 5, seed: int = 0) -> list[list[str]]:
     return [ids[i::k] for i in range(k)]
 
 
+def choose_value(
+    per_query: dict[float, dict[str, float]], train: Sequence[str], prefer: float | None = None
+) -> tuple[float, float]:
+    """The grid value with the best mean over ``train`` (and that mean); see :func:`choose_by_cv`."""
+    means = {val: statistics.fmean(per_query[val][q] for q in train) for val in sorted(per_query)}
+    best_val, best_score = None, -1.0
+    for val, score in means.items():
+        if score > best_score + 1e-12:
+            best_val, best_score = val, score
+    assert best_val is not None
+    if prefer is not None and len(train) > 1:
+        admissible = []
+        for val, score in means.items():
+            diffs = [per_query[best_val][q] - per_query[val][q] for q in train]
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+            if best_score - score <= se + 1e-12:
+                admissible.append(val)
+        best_val = min(admissible, key=lambda v: (abs(v - prefer), v))
+        best_score = means[best_val]
+    return best_val, best_score
+
+
 def choose_by_cv(
     per_query: dict[float, dict[str, float]],
     fold_ids: list[list[str]],
@@ -119,22 +141,7 @@ def choose_by_cv(
     chosen = []
     for i in range(len(fold_ids)):
         train = [q for j, f in enumerate(fold_ids) if j != i for q in f]
-        means = {val: statistics.fmean(per_query[val][q] for q in train) for val in sorted(per_query)}
-        best_val, best_score = None, -1.0
-        for val, score in means.items():
-            if score > best_score + 1e-12:
-                best_val, best_score = val, score
-        assert best_val is not None
-        if prefer is not None and len(train) > 1:
-            admissible = []
-            for val, score in means.items():
-                diffs = [per_query[best_val][q] - per_query[val][q] for q in train]
-                se = statistics.stdev(diffs) / math.sqrt(len(diffs))
-                if best_score - score <= se + 1e-12:
-                    admissible.append(val)
-            best_val = min(admissible, key=lambda v: (abs(v - prefer), v))
-            best_score = means[best_val]
-        chosen.append((best_val, best_score))
+        chosen.append(choose_value(per_query, train, prefer))
     return chosen
 
 

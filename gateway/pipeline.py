@@ -25,7 +25,7 @@ import numpy as np
 
 from embedder.client import EmbedderClient
 from embedder.errors import DowseError, InvalidInput, NotFound, NotReady, TooLarge
-from gateway import fusion
+from gateway import fusion, search_defaults
 from gateway.errors import EmbedderUnavailable, InvalidSearch, SearchFailed
 from gateway.search_types import CircuitBreaker, SearchHit, SearchLimits, SearchRequest, SearchResponse
 from indexer.client import Hit, IndexerClient
@@ -77,7 +77,7 @@ class SearchPipeline:
         default_candidates: int = 100,
         default_alpha: float = 0.5,
         default_rerank_top_n: int = 20,
-        default_rerank_weight: float = 0.1,
+        default_rerank_weight: float | None = None,
         rerank_model: str | None = None,
         info_ttl_s: float = 5.0,
         limits: SearchLimits | None = None,
@@ -149,8 +149,8 @@ class SearchPipeline:
                 field="rerank_top_n",
                 limit=lim.max_rerank_top_n,
             )
-        weight = self.default_rerank_weight if req.rerank_weight is None else req.rerank_weight
-        if not 0.0 <= weight <= 1.0:
+        weight = req.rerank_weight  # None: chosen per collection and first stage in search()
+        if weight is not None and not 0.0 <= weight <= 1.0:
             raise InvalidSearch("rerank_weight must be in [0, 1]", field="rerank_weight", limit=1)
         if req.filters is not None and not isinstance(req.filters, dict):
             raise InvalidSearch("filters must be an object of metadata key -> condition", field="filters")
@@ -202,6 +202,15 @@ class SearchPipeline:
         info = await self.indexer.collection_info(name)
         self._info[name] = (now, info)
         return info
+
+    async def served_defaults(self, name: str) -> dict[str, Any]:
+        """The rerank weight each first stage is served with on collection ``name``, and its source."""
+        if not NAME_RE.match(name):
+            raise InvalidSearch(f"collection name must match {NAME_RE.pattern}", field="collection")
+        aw = self.collection_info(name)
+        info = await self._indexer(aw, self.retrieve_timeout_s, _Timer(), "collection")
+        table = search_defaults.served_table(info, self.default_rerank_weight)
+        return {"collection": name, "rerank_top_n": self.default_rerank_top_n, "rerank_weight": table}
 
     async def _embed_query(self, req: SearchRequest, info: dict[str, Any], timer: _Timer) -> np.ndarray:
         if not self.breaker.allow():
@@ -376,6 +385,11 @@ class SearchPipeline:
         info = await self._indexer(
             self.collection_info(req.collection), self.retrieve_timeout_s, timer, "collection"
         )
+        stage = search_defaults.stage_key(req.mode, req.fusion)
+        weight, weight_source = search_defaults.choose_rerank_weight(
+            req.rerank_weight, stage, info, self.default_rerank_weight
+        )
+        req = replace(req, rerank_weight=weight)
         lexical, dense, notes = await self._retrieve(req, info, timer)
         start = time.perf_counter()
         fused = self._fuse(req, lexical, dense)
@@ -391,7 +405,8 @@ class SearchPipeline:
         final: list[fusion.Fused] = fused
         rerank_scores: dict[str, float] = {}
         blended: dict[str, float] = {}
-        if req.rerank and fused:
+        # weight 0 keeps the first-stage order exactly: the cross-encoder call would change nothing
+        if req.rerank and fused and weight > 0.0:
             assert req.rerank_top_n is not None and req.rerank_weight is not None
             head = fused[: req.rerank_top_n]
             docs = await self._passages(req.collection, [r.id for r in head], hits_by_id)
@@ -419,6 +434,7 @@ class SearchPipeline:
         docs = await self._passages(req.collection, [r.id for r in top], hits_by_id)
         timer.add("fetch", start)
         first_rank = {r.id: i + 1 for i, r in enumerate(fused)}
+        weight_info = {"weight": weight, "weight_source": weight_source}
         out: list[SearchHit] = []
         for r in top:
             title, text, meta = docs.get(r.id, ("", "", {}))
@@ -432,11 +448,7 @@ class SearchPipeline:
                         "score": r.score,
                         "method": _method(req, lexical, dense),
                     },
-                    "rerank": (
-                        {"score": rerank_scores[r.id], "blended": blended[r.id], "weight": req.rerank_weight}
-                        if r.id in rerank_scores
-                        else None
-                    ),
+                    "rerank": _rerank_explain(req, r.id, rerank_scores, blended, weight_info),
                 }
             out.append(hit)
         timer.timings["total"] = round(timer.elapsed_s() * 1000.0, 3)
@@ -444,6 +456,23 @@ class SearchPipeline:
         if degraded:
             log.warning("degraded search on %s: %s", req.collection, degraded)
         return SearchResponse(hits=out, timings_ms=timer.timings, degraded=degraded)
+
+
+def _rerank_explain(
+    req: SearchRequest,
+    doc_id: str,
+    scores: dict[str, float],
+    blended: dict[str, float],
+    weight_info: dict[str, Any],
+) -> dict[str, Any] | None:
+    """A hit's rerank explain: its scores (if reranked) and the weight with where it came from."""
+    if not req.rerank:
+        return None
+    if doc_id in scores:
+        return {"score": scores[doc_id], "blended": blended[doc_id], **weight_info}
+    if weight_info["weight"] == 0.0:
+        return {"score": None, "blended": None, "skipped": "weight 0 keeps the fused order", **weight_info}
+    return None
 
 
 def _stage(rec: fusion.Fused, slot: int) -> dict[str, Any] | None:

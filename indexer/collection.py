@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ from indexer.store import Changes, DocStore, PreparedDoc
 
 log = logging.getLogger(__name__)
 
+SEARCH_DEFAULTS = "search_defaults.json"  # served search defaults chosen by `dowse eval` (see gateway)
 EXACT_SUBSET_MAX = 20_000  # filtered dense search over at most this many chunks is exact (from SQLite)
 
 
@@ -266,6 +269,26 @@ class Collection:
                 "snapshot_seq": self._snapshot_seq,
                 "lexical_seq": self.lexical.seq(),
             }
+
+    def search_defaults(self) -> dict[str, Any] | None:
+        """``search_defaults.json`` written by ``dowse eval`` (None if absent or unreadable)."""
+        path = self.root / SEARCH_DEFAULTS
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("%s: ignoring unreadable %s (%s)", self.name, path, exc)
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def put_search_defaults(self, doc: dict[str, Any]) -> Path:
+        """Replace ``search_defaults.json`` atomically (tmp + rename); returns its path."""
+        path = self.root / SEARCH_DEFAULTS
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
 
     def close(self) -> None:
         """Snapshot and release files."""

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 
 from embedder.errors import DependencyFailed
-from embedder.http_client import request_json
+from embedder.http_client import auth_headers, request_json
 from indexer.client import Hit
 
 
@@ -18,10 +18,16 @@ class HttpIndexerClient:
     """Implements ``indexer.client.IndexerClient`` over HTTP; transport failures -> DependencyFailed."""
 
     def __init__(
-        self, base_url: str, timeout_s: float = 5.0, client: httpx.AsyncClient | None = None
+        self,
+        base_url: str,
+        timeout_s: float = 5.0,
+        client: httpx.AsyncClient | None = None,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = client or httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        self._client = client or httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout_s, headers=auth_headers(token)
+        )
 
     async def _call(self, method: str, path: str, json: Any = None) -> Any:
         # an unexpected 4xx (no Dowse category) is the indexer's fault, not the caller's

@@ -204,7 +204,12 @@ class IndexerService(IngestJobs):
         coll = self._get(name)
         info = coll.manifest.to_dict()
         info["stats"] = await asyncio.to_thread(coll.stats)
+        info["search_defaults"] = await asyncio.to_thread(coll.search_defaults)
         return info
+
+    async def put_search_defaults(self, name: str, doc: dict[str, Any]) -> Path:
+        """Store the collection's served search defaults (written by ``dowse eval``)."""
+        return await asyncio.to_thread(self._get(name).put_search_defaults, doc)
 
     async def delete_collection(self, name: str) -> dict[str, Any]:
         """Delete a collection and its files."""

@@ -9,6 +9,7 @@ Shared objects live on ``app.state``:
   mounted here, else HTTP to ``settings.embedder_url``)
 - ``indexer_client``: the gateway's view of the indexer (in-process or HTTP)
 - ``ready_checks``: list of ``(name, callable -> bool)`` consulted by ``GET /ready``
+- ``auth_guard``: the process's :class:`services.auth.Guard` (keys, scopes, quotas; see docs/security.md)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.auth import AuthMiddleware, Guard
 from services.errors import error_body, install_error_handlers
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,19 @@ log = logging.getLogger(__name__)
 ROLE_MODULES: dict[str, list[str]] = {
     "embedder": ["services.embedder_api"],
     "indexer": ["services.indexer_api"],
-    "gateway": ["services.gateway_api", "services.cache_api", "services.ui_api"],
+    "gateway": ["services.gateway_api", "services.cache_api", "services.keys_api", "services.ui_api"],
 }
 ALL_ROLES = ("embedder", "indexer", "gateway")
+
+
+def _auth_redis(settings: Any) -> Any:
+    """The Redis client of the key store and quota buckets (connects on first use)."""
+    url = getattr(settings, "redis_url", None)
+    if not url:
+        return None
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
 
 def create_app(settings: Any, roles: Iterable[str] = ALL_ROLES) -> FastAPI:
@@ -54,6 +66,8 @@ def create_app(settings: Any, roles: Iterable[str] = ALL_ROLES) -> FastAPI:
                     await mod.stop(app)
                 except Exception:  # pragma: no cover - best effort on shutdown
                     log.exception("error stopping %s", mod.__name__)
+            if auth_redis is not None:
+                await auth_redis.aclose()
 
     app = FastAPI(
         title="Dowse",
@@ -65,6 +79,9 @@ def create_app(settings: Any, roles: Iterable[str] = ALL_ROLES) -> FastAPI:
     app.state.roles = roles
     app.state.ready_checks: list[tuple[str, Callable[[], bool]]] = []
     install_error_handlers(app)
+    auth_redis = _auth_redis(settings) if "gateway" in roles else None
+    app.state.auth_guard = Guard(settings, roles, auth_redis)
+    app.add_middleware(AuthMiddleware, guard=app.state.auth_guard)
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, Any]:

@@ -15,6 +15,7 @@ from gateway.cache.judge import EmbeddingJudge, ExactMatchJudge, Judge
 from gateway.cache.service import CacheConfig, CacheService
 from gateway.cache.validate import CacheLimits
 from services import cache_ui
+from services.auth import allowed, covers_all, service_token
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/cache", tags=["cache"])
@@ -150,6 +151,12 @@ async def feedback(req: FeedbackRequest, request: Request) -> FeedbackResponse:
     """Judge the cached response against the fresh one and update the entry's statistics."""
     svc = _svc(request)
     if req.lookup_id is not None:
+        if not covers_all(request, "cache"):  # a scoped key: the lookup's namespace must be in scope
+            from gateway.cache.feedback import UnknownLookup
+
+            ns = await svc.lookup_namespace(req.lookup_id)
+            if ns is None or not allowed(request, "cache", ns):  # out of scope answers like unknown
+                raise UnknownLookup(f"unknown or expired lookup id {req.lookup_id!r}", field="lookup_id")
         res = await svc.feedback(req.lookup_id, req.response)
     elif req.namespace and req.entry_id and req.prompt:
         res = await svc.feedback_entry(req.namespace, req.entry_id, req.prompt, req.response, req.scope)
@@ -162,8 +169,10 @@ async def feedback(req: FeedbackRequest, request: Request) -> FeedbackResponse:
 
 @router.get("/namespaces")
 async def list_namespaces(request: Request) -> dict[str, Any]:
-    """Namespace names with their entry and lookup counts."""
-    return await cache_ui.namespaces(_svc(request))
+    """Namespace names (those in the key's scope) with their entry and lookup counts."""
+    out = await cache_ui.namespaces(_svc(request))
+    out["namespaces"] = [n for n in out["namespaces"] if allowed(request, "cache", n["name"])]
+    return out
 
 
 @router.delete("/namespaces/{namespace}")
@@ -238,7 +247,9 @@ async def start(app: FastAPI, settings: Any) -> None:
         from embedder.http_client import HttpEmbedderClient
 
         embedder = HttpEmbedderClient(
-            settings.embedder_url, timeout_s=getattr(settings, "embed_timeout_s", 2.0)
+            settings.embedder_url,
+            timeout_s=getattr(settings, "embed_timeout_s", 2.0),
+            token=service_token(settings),
         )
         app.state.cache_owns_embedder = True
     judge: Judge = ExactMatchJudge()

@@ -7,12 +7,13 @@ Commands are contributed by role modules through ``register(app)``:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from services import cli_cache, cli_eval, cli_index, cli_models
+from services import cli_cache, cli_eval, cli_index, cli_keys, cli_models
 
 app = typer.Typer(name="dowse", help="Dowse: embed, index, search and cache.", no_args_is_help=True)
 
@@ -33,6 +34,9 @@ def serve(
     demo_corpus: Annotated[
         Path | None, typer.Option(help="BEIR corpus.jsonl indexed into collection 'demo' at start")
     ] = None,
+    insecure: Annotated[
+        bool | None, typer.Option("--insecure", help="serve a non-loopback address with auth off")
+    ] = None,
 ) -> None:
     """Run the HTTP service (all roles in one process unless --role is given)."""
     import uvicorn
@@ -52,6 +56,7 @@ def serve(
             embedder_url=embedder_url,
             indexer_url=indexer_url,
             demo_corpus=demo_corpus,
+            insecure=insecure,
         ).items()
         if v is not None
     }
@@ -61,11 +66,15 @@ def serve(
     bad = [r for r in roles if r not in ALL_ROLES]
     if bad:
         raise typer.BadParameter(f"unknown role(s) {bad}; choose from {list(ALL_ROLES)}", param_hint="--role")
+    auth_on, line = cli_keys.check_bind(settings, roles)
+    logging.getLogger("dowse.auth").log(
+        logging.INFO if auth_on or "loopback" in line else logging.WARNING, line
+    )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     uvicorn.run(create_app(settings, roles), host=settings.host, port=settings.port, log_config=None)
 
 
-for _mod in (cli_models, cli_index, cli_eval, cli_cache):
+for _mod in (cli_models, cli_index, cli_eval, cli_cache, cli_keys):
     _mod.register(app)
 
 

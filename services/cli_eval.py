@@ -36,6 +36,13 @@ def register(app: typer.Typer) -> None:
         rerank_budget_s: Annotated[
             float | None, typer.Option(help="start no new rerank config after this many seconds")
         ] = None,
+        write_defaults: Annotated[
+            bool,
+            typer.Option(
+                help="store the rerank weights chosen here as each collection's served defaults "
+                "(<data_dir>/collections/<name>/search_defaults.json)"
+            ),
+        ] = True,
         ce_cache: Annotated[
             Path | None,
             typer.Option(help="SQLite cache of cross-encoder scores (default <data_dir>/ce.sqlite)"),
@@ -71,6 +78,7 @@ def register(app: typer.Typer) -> None:
             max_queries=max_queries,
             rerank_budget_s=rerank_budget_s,
             ce_cache=ce_cache or settings.data_dir / "ce.sqlite",
+            write_defaults=write_defaults,
             qrels=qrels,
         )
         asyncio.run(_run(settings, dataset, configs, out, name, opts))
@@ -86,7 +94,13 @@ async def _run(
     from embedder.service import EmbeddingService
     from gateway.eval import CachedReranker, load_beir
     from gateway.eval_report import COLUMNS, _fmt, tuned_note, write_report
-    from gateway.eval_runner import Evaluator, ensure_collections, eval_pipeline, models_needed
+    from gateway.eval_runner import (
+        Evaluator,
+        ensure_collections,
+        eval_pipeline,
+        models_needed,
+        store_serve_defaults,
+    )
     from indexer.inprocess import InProcessIndexerClient
     from indexer.service import IndexerService
     from services.machine import describe
@@ -144,6 +158,10 @@ async def _run(
             "seconds": round(time.perf_counter() - t0, 1),
         }
         paths = write_report(results, meta, out, stem)
+        if opts["write_defaults"] and ev.serve_defaults:
+            run = {k: meta[k] for k in ("dataset", "queries", "folds", "rerank_top_n", "cross_encoder")}
+            run["report"] = str(paths[0])
+            paths += [Path(p) for p in await store_serve_defaults(indexer, ev.serve_defaults, run)]
         await reranker.aclose()
     finally:
         await indexer.close()

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
+from services.auth import service_token
+
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the dowse CLI."""
@@ -105,7 +107,11 @@ async def _run(
     if isettings.embedder_url:
         from embedder.http_client import HttpEmbedderClient
 
-        embedder = HttpEmbedderClient(isettings.embedder_url, timeout_s=isettings.embedder_timeout_s)
+        embedder = HttpEmbedderClient(
+            isettings.embedder_url,
+            timeout_s=isettings.embedder_timeout_s,
+            token=service_token(isettings),
+        )
     else:
         from embedder.inprocess import InProcessEmbedderClient
         from embedder.service import EmbeddingService

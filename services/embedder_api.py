@@ -1,7 +1,8 @@
 """HTTP routes of the embedder role (mounted by services.app.create_app).
 
-OpenAI ``/v1/embeddings``, TEI ``/embed`` and ``/rerank``, Cohere ``/v1/rerank`` and ``/info``. Input
-checks live in the core (``EmbeddingService``) so that in-process and HTTP callers get the same errors.
+OpenAI ``/v1/embeddings``, TEI ``/embed`` and ``/rerank``, Cohere ``/v1/rerank`` and ``/v2/rerank``,
+``/info``. Input checks live in the core (``EmbeddingService``) so that in-process and HTTP callers get the
+same errors.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
@@ -210,34 +212,82 @@ async def tei_rerank(body: TeiRerankRequest, request: Request) -> list[dict[str,
     return out
 
 
+class CohereV2RerankRequest(BaseModel):
+    """Cohere v2 ``/v2/rerank`` request (``cohere.ClientV2``): documents are strings."""
+
+    model: str | None = Field(None, description="cross-encoder preset; default: the service's")
+    query: Any
+    documents: Any
+    top_n: int | None = Field(None, description=">= 1; default: all documents")
+    max_tokens_per_doc: int | None = Field(
+        None, description="accepted when >= the model's pair length (pairs are cut there anyway)"
+    )
+
+
+def _doc_texts(docs: Any) -> Any:
+    """Strings, or ``{"text": ...}`` objects (Cohere v1 / Jina), as strings; other shapes pass to the core."""
+    if not isinstance(docs, list):
+        return docs
+    texts = []
+    for i, d in enumerate(docs):
+        if isinstance(d, dict):
+            if not isinstance(d.get("text"), str):
+                raise InvalidInput(
+                    f"documents[{i}] needs a string 'text'", field=f"documents[{i}].text", limit="str"
+                )
+            texts.append(d["text"])
+        else:
+            texts.append(d)
+    return texts
+
+
+async def _ranked(
+    svc: EmbeddingService, query: Any, docs: Any, top_n: int | None, model: str | None, truncate: bool
+) -> tuple[list[int], list[float], str]:
+    """Cross-encoder logits, the best ``top_n`` indices by score, and the model's name."""
+    if top_n is not None and top_n < 1:
+        raise InvalidInput("top_n must be >= 1", field="top_n", limit=1)
+    scores = await svc.rerank(query, docs, model=model, truncate=truncate)
+    order = sorted(range(len(scores)), key=lambda k: -scores[k])[: top_n or len(scores)]
+    return order, scores, svc.model_info(model or _cross_name(svc))["name"]
+
+
 @router.post("/v1/rerank")
 async def cohere_rerank(body: CohereRerankRequest, request: Request) -> dict[str, Any]:
     """Cohere-shape rerank: top_n results with relevance_score = sigmoid(logit)."""
-    docs = body.documents
-    if isinstance(docs, list):
-        texts = []
-        for i, d in enumerate(docs):
-            if isinstance(d, dict):
-                if not isinstance(d.get("text"), str):
-                    raise InvalidInput(
-                        f"documents[{i}] needs a string 'text'", field=f"documents[{i}].text", limit="str"
-                    )
-                texts.append(d["text"])
-            else:
-                texts.append(d)
-        docs = texts
-    if body.top_n is not None and body.top_n < 1:
-        raise InvalidInput("top_n must be >= 1", field="top_n", limit=1)
+    docs = _doc_texts(body.documents)
     svc = _service(request)
-    scores = await svc.rerank(body.query, docs, model=body.model, truncate=body.truncate)
-    order = sorted(range(len(scores)), key=lambda k: -scores[k])[: body.top_n or len(scores)]
+    order, scores, name = await _ranked(svc, body.query, docs, body.top_n, body.model, body.truncate)
     results = []
     for i in order:
         row: dict[str, Any] = {"index": i, "relevance_score": _sigmoid(scores[i]), "logit": scores[i]}
         if body.return_documents:
             row["document"] = {"text": docs[i]}
         results.append(row)
-    return {"results": results, "model": svc.model_info(body.model or _cross_name(svc))["name"]}
+    return {"id": uuid.uuid4().hex, "results": results, "model": name}
+
+
+@router.post("/v2/rerank")
+async def cohere_v2_rerank(body: CohereV2RerankRequest, request: Request) -> dict[str, Any]:
+    """Cohere v2 rerank (``cohere.ClientV2``): ``{"id", "results": [{"index", "relevance_score"}]}``."""
+    svc = _service(request)
+    if body.max_tokens_per_doc is not None:
+        cap = int(svc.rerank_max_length or 0)
+        if body.max_tokens_per_doc < cap:
+            raise InvalidInput(
+                f"max_tokens_per_doc below {cap} is not supported: query and document pairs are cut at {cap}",
+                field="max_tokens_per_doc",
+                limit=cap,
+            )
+    docs = _doc_texts(body.documents)
+    order, scores, name = await _ranked(svc, body.query, docs, body.top_n, body.model, True)
+    results = [{"index": i, "relevance_score": _sigmoid(scores[i])} for i in order]
+    return {
+        "id": uuid.uuid4().hex,
+        "results": results,
+        "model": name,
+        "meta": {"api_version": {"version": "2"}},
+    }
 
 
 def _cross_name(svc: EmbeddingService) -> str:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedder.errors import DowseError, NotReady
 from gateway.pipeline import SearchLimits, SearchPipeline, SearchRequest, SearchResponse
+from services.auth import service_token
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class SearchBody(BaseModel):
         None,
         ge=0,
         le=1,
-        description="weight of the cross-encoder score vs the first stage (1 = plain CE order)",
+        description="weight of the cross-encoder score vs the first stage (1 = plain CE order); default: "
+        "chosen by `dowse eval` for the collection, else built in per first stage (GET /v1/search/defaults)",
     )
     filters: dict[str, Any] | None = Field(
         None, description='metadata filters: {"year": 2020}, {"tag": {"in": [..]}}, {"year": {"gte": 2000}}'
@@ -133,6 +135,18 @@ async def search(body: SearchBody, request: Request) -> JSONResponse:
     return JSONResponse(_body(resp), headers={"Server-Timing": _server_timing(resp.timings_ms)})
 
 
+@router.get(
+    "/v1/search/defaults/{collection}",
+    responses={404: {"description": "unknown collection"}, 422: {"description": "invalid name"}},
+)
+async def search_defaults(collection: str, request: Request) -> dict[str, Any]:
+    """The rerank weight served per first stage on a collection and where it came from."""
+    pipeline: SearchPipeline | None = getattr(request.app.state, "search_pipeline", None)
+    if pipeline is None:
+        raise NotReady("search pipeline is not started", field="gateway")
+    return await pipeline.served_defaults(collection)
+
+
 def build_pipeline(settings: Any, embedder: Any, indexer: Any) -> SearchPipeline:
     """A SearchPipeline configured from GatewaySettings."""
     return SearchPipeline(
@@ -160,7 +174,11 @@ async def start(app: FastAPI, settings: Any) -> None:
             raise RuntimeError("gateway needs an embedder: mount the embedder role or set DOWSE_EMBEDDER_URL")
         from embedder.http_client import HttpEmbedderClient
 
-        embedder = HttpEmbedderClient(settings.embedder_url, timeout_s=max(settings.rerank_timeout_s, 10.0))
+        embedder = HttpEmbedderClient(
+            settings.embedder_url,
+            timeout_s=max(settings.rerank_timeout_s, 10.0),
+            token=service_token(settings),
+        )
         app.state.embedder_client = embedder
         owned.append(embedder)
     indexer = getattr(app.state, "indexer_client", None)
@@ -169,7 +187,7 @@ async def start(app: FastAPI, settings: Any) -> None:
             raise RuntimeError("gateway needs an indexer: mount the indexer role or set DOWSE_INDEXER_URL")
         from indexer.http_client import HttpIndexerClient
 
-        indexer = HttpIndexerClient(settings.indexer_url)
+        indexer = HttpIndexerClient(settings.indexer_url, token=service_token(settings))
         app.state.indexer_client = indexer
         owned.append(indexer)
     app.state.search_pipeline = build_pipeline(settings, embedder, indexer)

@@ -19,6 +19,7 @@ from indexer.inprocess import InProcessIndexerClient
 from indexer.jobs import retry_transient
 from indexer.service import IndexerService
 from indexer.validate import MAX_K
+from services.auth import allowed, service_token
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/collections", tags=["indexer"])
@@ -143,8 +144,13 @@ async def create_collection(body: CollectionCreate, request: Request) -> dict[st
 
 @router.get("")
 async def list_collections(request: Request) -> dict[str, Any]:
-    """All collections with their manifests and counts."""
-    return {"collections": await _svc(request).list_collections()}
+    """All collections with their manifests and counts (with auth on: those the key can search or write)."""
+    cols = await _svc(request).list_collections()
+    return {
+        "collections": [
+            c for c in cols if allowed(request, "search", c["name"]) or allowed(request, "write", c["name"])
+        ]
+    }
 
 
 @router.get("/{name}")
@@ -247,7 +253,9 @@ async def start(app: FastAPI, settings: Any) -> None:
             )
         from embedder.http_client import HttpEmbedderClient
 
-        embedder = HttpEmbedderClient(url, timeout_s=getattr(settings, "embedder_timeout_s", 60.0))
+        embedder = HttpEmbedderClient(
+            url, timeout_s=getattr(settings, "embedder_timeout_s", 60.0), token=service_token(settings)
+        )
         own_embedder = True
     svc = IndexerService(
         Path(settings.data_dir),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +22,13 @@ class CommonSettings(BaseSettings):
     port: int = 8000
     log_json: bool = False
     log_level: str = "INFO"
+    # Auth (docs/security.md). auto: on once a key exists (or DOWSE_ADMIN_KEY is set), else off, which
+    # only a loopback bind or --insecure allows; required: on; off: no checks (loopback or --insecure).
+    auth: Literal["auto", "required", "off"] = "auto"
+    admin_key: SecretStr | None = None  # bootstrap key with scope admin (>= 32 characters)
+    service_token: SecretStr | None = None  # gateway -> embedder/indexer; separate roles accept only it
+    insecure: bool = False  # allow serving a non-loopback address with auth off
+    auth_cache_ttl_s: float = Field(2.0, gt=0, le=5, description="key records cached per process")
 
     def model_cache_dir(self) -> Path:
         """Where exported models live."""
@@ -104,8 +111,12 @@ class GatewaySettings(CacheSettings):
     search_candidates: int = 100  # hits per retriever before fusion (default; per request: candidates)
     search_alpha: float = 0.5  # convex fusion weight of the dense list (untuned default)
     rerank_top_n: int = 20  # fused candidates sent to the cross-encoder
-    rerank_weight: float = Field(
-        default=0.1, ge=0.0, le=1.0, description="CE weight vs first stage; 1 = CE order"
+    rerank_weight: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="CE weight vs first stage for collections without a `dowse eval` choice; unset = "
+        "the built-in weight per first stage (gateway.search_defaults)",
     )
     rerank_model: str | None = None  # None = the embedder's default cross-encoder (ms-marco-l12)
     # folders whose tables / plots the playground's Eval view shows; None = bench/results, <data_dir>/results

@@ -306,6 +306,16 @@ class CacheService:
         return StoreResult(True, eid, evicted)
 
     # ----------------------------------------------------------------- feedback
+    async def lookup_namespace(self, lookup_id: str) -> str | None:
+        """The namespace a pending lookup id belongs to (None: unknown or expired)."""
+        self._need_redis()
+        try:
+            ns = await self.main.hget(self.keys.lookup(lookup_id), "ns")
+        except _REDIS_ERRORS as exc:
+            self._failed("feedback", exc)
+            raise DependencyFailed("cache store (Redis) is unavailable", field="redis") from None
+        return ns.decode() if isinstance(ns, bytes) else ns
+
     async def feedback(self, lookup_id: str, response: str) -> FeedbackResult:
         """Judge the cached response against the fresh one; update the entry; store the pair if needed."""
         from gateway.cache.feedback import apply_feedback

@@ -28,6 +28,8 @@ from embedder.service import EmbeddingService
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 REPO = Path(__file__).resolve().parents[2]
+TOKEN = "svc-" + "t" * 40  # DOWSE_SERVICE_TOKEN: a separate embedder role answers only the gateway's token
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def free_port() -> int:
@@ -48,6 +50,7 @@ def server(
         DOWSE_DATA_DIR=str(tmp_path_factory.mktemp("embed-data")),
         DOWSE_EXTRA_MODELS='["ms-marco-l12"]',
         DOWSE_MAX_CLIENT_BATCH="64",
+        DOWSE_SERVICE_TOKEN=TOKEN,
     )
     cmd = [sys.executable, "-m", "services.cli", "serve", "--role", "embedder", "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -74,7 +77,16 @@ def server(
 
 
 def post(base: str, path: str, body: Any) -> httpx.Response:
-    return httpx.post(f"{base}{path}", json=body, timeout=60)
+    return httpx.post(f"{base}{path}", json=body, timeout=60, headers=AUTH)
+
+
+def test_service_token_required(server: str) -> None:
+    """The embedder role with DOWSE_SERVICE_TOKEN: 401 without it or with another key; /ready stays open."""
+    assert httpx.post(f"{server}/v1/embeddings", json={"input": "a"}).status_code == 401
+    wrong = {"Authorization": "Bearer " + "w" * 44}
+    assert httpx.post(f"{server}/v1/embeddings", json={"input": "a"}, headers=wrong).status_code == 401
+    assert httpx.get(f"{server}/ready").status_code == 200
+    assert post(server, "/v1/embeddings", {"input": "a"}).status_code == 200
 
 
 def test_openai_embeddings_float_and_base64_agree(server: str) -> None:
@@ -100,7 +112,7 @@ def test_openai_embeddings_float_and_base64_agree(server: str) -> None:
 def test_tei_embed_and_info(server: str) -> None:
     r = post(server, "/embed", {"inputs": "hello world"})
     assert r.status_code == 200 and len(r.json()) == 1 and len(r.json()[0]) == 384
-    info = httpx.get(f"{server}/info").json()
+    info = httpx.get(f"{server}/info", headers=AUTH).json()
     assert info["model_id"] == "minilm" and info["loaded"] == ["minilm", "ms-marco-l12"]
     assert info["max_client_batch_size"] == 64 and info["batching"] is True
 
@@ -124,6 +136,16 @@ def test_rerank_shapes(server: str) -> None:
     ).json()
     assert len(co["results"]) == 1 and co["results"][0]["index"] == 1
     assert co["results"][0]["document"] == {"text": docs[1]} and co["model"] == "ms-marco-l12"
+    # Cohere v2 (cohere.ClientV2): same scores as v1, no documents echoed, an id and api_version meta
+    v1 = post(server, "/v1/rerank", {"query": "are cats mammals", "documents": docs}).json()
+    v2 = post(server, "/v2/rerank", {"model": "ms-marco-l12", "query": "are cats mammals", "documents": docs})
+    body = v2.json()
+    assert v2.status_code == 200 and body["id"] and body["meta"]["api_version"]["version"] == "2"
+    assert [r["index"] for r in body["results"]] == [r["index"] for r in v1["results"]]
+    assert [r["relevance_score"] for r in body["results"]] == [r["relevance_score"] for r in v1["results"]]
+    assert set(body["results"][0]) == {"index", "relevance_score"}
+    top = post(server, "/v2/rerank", {"query": "are cats mammals", "documents": docs, "top_n": 2}).json()
+    assert [r["index"] for r in top["results"]] == [r["index"] for r in v1["results"]][:2]
 
 
 BAD_REQUESTS = [
@@ -150,6 +172,16 @@ BAD_REQUESTS = [
     ("/v1/rerank", {"query": "", "documents": ["a"]}, 422, "query", "non-empty string"),
     ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": 0}, 422, "top_n", 1),
     ("/v1/rerank", {"query": "q", "documents": [{"txt": "a"}]}, 422, "documents[0].text", "str"),
+    ("/v2/rerank", {"model": "rerank-v3.5", "query": "q", "documents": ["a"]}, 422, "model", None),
+    ("/v2/rerank", {"query": "q", "documents": ["a"], "top_n": 0}, 422, "top_n", 1),
+    (
+        "/v2/rerank",
+        {"query": "q", "documents": ["a"], "max_tokens_per_doc": 64},
+        422,
+        "max_tokens_per_doc",
+        256,
+    ),
+    ("/v2/rerank", {"query": "q", "documents": []}, 422, "documents", 1),
 ]
 
 
@@ -167,7 +199,9 @@ def test_bad_input_is_4xx_naming_field_and_limit(
 
 def test_malformed_json_is_400(server: str) -> None:
     r = httpx.post(
-        f"{server}/v1/embeddings", content=b'{"input": "a",', headers={"content-type": "application/json"}
+        f"{server}/v1/embeddings",
+        content=b'{"input": "a",',
+        headers={"content-type": "application/json", **AUTH},
     )
     assert r.status_code == 400 and r.json()["error"]["type"] == "malformed_json"
 
@@ -176,7 +210,7 @@ async def test_http_and_inprocess_clients_give_identical_results(
     server: str, embedding_service: EmbeddingService
 ) -> None:
     texts = ["The protein binds DNA.", "A longer sentence about galaxies and dark matter halos.", "short"]
-    http = HttpEmbedderClient(server)
+    http = HttpEmbedderClient(server, token=TOKEN)
     local = InProcessEmbedderClient(embedding_service)
     try:
         a, b = await http.embed(texts, dimensions=128), await local.embed(texts, dimensions=128)
@@ -210,7 +244,7 @@ async def test_http_client_maps_connection_errors_to_dependency_failed() -> None
 def test_metrics_exposed(server: str) -> None:
     post(server, "/v1/embeddings", {"input": ["metrics probe"]})
     post(server, "/v1/embeddings", {"input": []})
-    text = httpx.get(f"{server}/metrics").text
+    text = httpx.get(f"{server}/metrics", headers=AUTH).text
     for name in (
         'dowse_embedder_requests_total{endpoint="/v1/embeddings",status="200"}',
         'dowse_embedder_requests_total{endpoint="/v1/embeddings",status="422"}',
@@ -323,6 +357,7 @@ FUZZ_OPS = [
     ("/embed", "POST"),
     ("/rerank", "POST"),
     ("/v1/rerank", "POST"),
+    ("/v2/rerank", "POST"),
     ("/info", "GET"),
 ]
 
@@ -335,7 +370,7 @@ def test_fuzz_openapi_never_5xx(server: str, path: str, method: str) -> None:
     @given(case=FUZZ_SCHEMA[path][method].as_strategy())
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case: Any) -> None:
-        response = case.call(base_url=server, timeout=60)
+        response = case.call(base_url=server, timeout=60, headers=AUTH)
         seen.append(response.status_code)
         assert response.status_code < 500, (case.body, response.text[:300])
         if response.status_code >= 400:

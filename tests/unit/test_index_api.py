@@ -18,11 +18,13 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
+from pydantic import SecretStr
 
 from indexer.fake_embedder import FakeEmbedder
 from indexer.http_client import HttpIndexerClient
 from indexer.service import IndexerService
 from services import indexer_api
+from services.auth import AuthMiddleware, Guard
 from services.errors import install_error_handlers
 
 pytestmark = pytest.mark.timeout(120)
@@ -163,6 +165,15 @@ async def test_other_bad_requests(client: tuple[httpx.AsyncClient, FakeEmbedder]
 _root = Path(tempfile.mkdtemp(prefix="dowse-index-fuzz-"))
 atexit.register(shutil.rmtree, _root, True)
 _fuzz_app, _fuzz_svc, _ = build_app(_root)
+# auth on, as `dowse serve` runs it: the fuzz sends a valid admin key (routes still validate everything)
+_ADMIN = {"Authorization": "Bearer " + "f" * 40}
+_fuzz_app.add_middleware(
+    AuthMiddleware,
+    guard=Guard(
+        SimpleNamespace(auth="required", admin_key=SecretStr("f" * 40), service_token=None),
+        ["indexer", "gateway"],
+    ),
+)
 
 
 async def _prepare() -> None:
@@ -172,7 +183,7 @@ async def _prepare() -> None:
 
 
 asyncio.run(_prepare())
-schema = schemathesis.openapi.from_asgi("/openapi.json", _fuzz_app)
+schema = schemathesis.openapi.from_asgi("/openapi.json", _fuzz_app, headers=_ADMIN)
 
 
 @schema.parametrize()
@@ -181,8 +192,9 @@ def test_fuzz_indexer_routes_never_5xx(case: Any) -> None:
     """Every indexer route: never a 5xx; errors carry type + message (+ field on 422)."""
     if case.path_parameters and "name" in case.path_parameters and case.method == "DELETE":
         case.path_parameters["name"] = "fuzz-" + str(case.path_parameters["name"])[:40]  # keep "c" alive
-    response = case.call()
+    response = case.call(headers=_ADMIN)
     assert response.status_code < 500, response.text
+    assert response.status_code != 401
     if response.status_code >= 400:
         err = response.json()["error"]
         assert err["type"] and err["message"]

@@ -502,3 +502,21 @@ async def test_hnsw_selector_starvation_falls_back_to_exact(
     assert sorted(h.id for h in hits) == sorted(f"d{i}" for i in (3, 400, 799, 512, 77, 123))
     assert hits == sorted(hits, key=lambda h: -h.score)
     await svc.close()
+
+
+async def test_search_defaults_file_round_trip(tmp_path: Path) -> None:
+    svc = await make_service(tmp_path)
+    await svc.create_collection("c", model="fake")
+    assert (await svc.collection_info("c"))["search_defaults"] is None
+    doc = {"version": 1, "rerank_weight": {"hybrid-rrf": {"weight": 0.05, "created": "t"}}}
+    path = await svc.put_search_defaults("c", doc)
+    assert path == tmp_path / "collections" / "c" / "search_defaults.json"
+    assert (await svc.collection_info("c"))["search_defaults"] == doc
+    await svc.close()
+    svc = await make_service(tmp_path)  # survives a restart: it is a file in the collection's dir
+    assert (await svc.collection_info("c"))["search_defaults"] == doc
+    path.write_text("{not json")
+    assert (await svc.collection_info("c"))["search_defaults"] is None  # unreadable: ignored, logged
+    with pytest.raises(NotFound):
+        await svc.put_search_defaults("nope", doc)
+    await svc.close()

@@ -177,7 +177,7 @@ async def test_slow_reranker_keeps_fused_order_flagged() -> None:
     base = await pipe.search(SearchRequest("sci", Q))
     emb.rerank_delay_s = 5.0
     t0 = time.perf_counter()
-    resp = await pipe.search(SearchRequest("sci", Q, rerank=True, explain=True))
+    resp = await pipe.search(SearchRequest("sci", Q, rerank=True, rerank_weight=0.5, explain=True))
     assert time.perf_counter() - t0 < 1.0
     assert resp.degraded and "rerank skipped (timed out)" in resp.degraded
     assert ids(resp) == ids(base)

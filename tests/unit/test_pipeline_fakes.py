@@ -95,6 +95,8 @@ class FakeIndexer:
         self.dense_delay_s = 0.0
         self.lexical_fail: Exception | None = None
         self.info_calls = 0
+        self.search_defaults: dict[str, Any] | None = None  # what `dowse eval` stored for the collection
+        self.model = "fake-model"
 
     def _check(self, name: str) -> None:
         if name != "sci":
@@ -118,7 +120,14 @@ class FakeIndexer:
     async def collection_info(self, name: str) -> dict[str, Any]:
         self.info_calls += 1
         self._check(name)
-        return {"name": name, "model": "fake-model", "dims": 16, "query_prompt": "query", "prompt": "passage"}
+        return {
+            "name": name,
+            "model": self.model,
+            "dims": 16,
+            "query_prompt": "query",
+            "prompt": "passage",
+            "search_defaults": self.search_defaults,
+        }
 
     async def search_dense(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -9,9 +10,11 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
+from pydantic import SecretStr
 
 from gateway.pipeline import SearchPipeline
 from services import gateway_api
+from services.auth import AuthMiddleware, Guard
 from services.errors import install_error_handlers
 from tests.unit.test_pipeline_fakes import FakeEmbedder, FakeIndexer, outage
 
@@ -109,15 +112,24 @@ async def test_not_ready_without_pipeline() -> None:
 
 
 _fuzz_app, _, _ = build_app()
-schema = schemathesis.openapi.from_asgi("/openapi.json", _fuzz_app)
+# auth on, as `dowse serve` runs it: the fuzz sends a valid admin key
+_ADMIN = {"Authorization": "Bearer " + "f" * 40}
+_fuzz_app.add_middleware(
+    AuthMiddleware,
+    guard=Guard(
+        SimpleNamespace(auth="required", admin_key=SecretStr("f" * 40), service_token=None), ["gateway"]
+    ),
+)
+schema = schemathesis.openapi.from_asgi("/openapi.json", _fuzz_app, headers=_ADMIN)
 
 
 @schema.include(path="/v1/search").parametrize()
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 def test_fuzz_search_never_5xx(case: Any) -> None:
     """Schemathesis generates valid and invalid bodies from the OpenAPI schema: never a 5xx."""
-    response = case.call()
+    response = case.call(headers=_ADMIN)
     assert response.status_code < 500, response.text
+    assert response.status_code != 401
     if response.status_code >= 400:
         err = response.json()["error"]
         assert err["type"] and err["message"]
@@ -154,3 +166,16 @@ async def test_start_wires_clients_and_readiness() -> None:
     bare.state.ready_checks = []
     with pytest.raises(RuntimeError, match="embedder"):
         await gateway_api.start(bare, GatewaySettings())
+
+
+@schema.include(path="/v1/search/defaults/{collection}").parametrize()
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+def test_fuzz_search_defaults_never_5xx(case: Any) -> None:
+    """Any collection path segment: 200, 404 or 422 naming the field, never a 5xx."""
+    response = case.call()
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        err = response.json()["error"]
+        assert err["type"] and err["message"], response.text
+        if response.status_code == 422:
+            assert err["field"] == "collection", response.text
