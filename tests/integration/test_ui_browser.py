@@ -212,7 +212,7 @@ def test_search_shows_four_columns_with_explain_ranks(ui: dict[str, Any]) -> Non
     for stage in ("bm25", "dense", "hybrid", "rerank"):
         n = page.locator(f".col-{stage} .hit").count()
         assert n == 10, (stage, n)
-        assert not page.locator(f".col-{stage} .banner").count(), page.inner_text(f".col-{stage}")
+        assert not page.locator(f".col-{stage} .banner.warn, .col-{stage} .banner.error").count()
         assert "ms server" in page.inner_text(f".col-{stage} .timings")
     # the hybrid column shows the ranks the API's explain gives, for its first three hits
     body = {"collection": COLL, "query": query, "top_k": 10, "mode": "hybrid", "explain": True}
@@ -224,9 +224,24 @@ def test_search_shows_four_columns_with_explain_ranks(ui: dict[str, Any]) -> Non
         for stage, label in (("bm25", "BM25"), ("dense", "Dense"), ("fused", "Fused")):
             if hit["explain"][stage] is not None:
                 assert f"{label} #{hit['explain'][stage]['rank']}" in text, (stage, text)
-    # the rerank column knows each hit's rerank rank and says how it moved against the fused order
+    # no weight given: the served one; at weight 0 the column says the cross-encoder did not run
+    body = {**body, "rerank": True, "rerank_top_n": 10}
+    served = httpx.post(ui["url"] + "/v1/search", json=body, headers=AUTH, timeout=120).json()
+    skipped = served["hits"][0]["explain"]["rerank"].get("skipped")
+    note = page.locator(".col-rerank .banner.info")
+    assert note.count() == (1 if skipped else 0), page.inner_text(".col-rerank")
+    if skipped:
+        assert note.inner_text().startswith("Not reranked: weight 0 keeps the fused order")
+    # a weight of 0.5: the cross-encoder runs; each hit's rerank rank, and its move against the fused order
+    page.fill("#rerank-weight", "0.5")
+    search(page, query)
+    page.wait_for_selector(".col-rerank[data-status='ok'] .rerank-weight")
+    assert page.inner_text(".col-rerank .rerank-weight").startswith("weight 0.5 from request")
+    assert "rerank " in page.inner_text(".col-rerank .timings")  # the cross-encoder's own time
     rr = page.locator(".col-rerank .hit").first
-    assert "Rerank #1" in rr.inner_text()
+    chip = rr.locator(".chip", has_text="Rerank").inner_text()
+    assert chip.startswith("Rerank #1 "), chip
+    float(chip.split()[-1])  # the cross-encoder's score, a number (a skipped rerank shows none)
     assert page.locator(".col-rerank .move").first.inner_text().endswith(("vs Fused", "= Fused"))
     assert page.locator(".col-bm25 .move").first.inner_text() == "first stage"
     shoot(page, "search")
