@@ -73,6 +73,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/health"): Rule(OPEN),
     ("GET", "/ready"): Rule(OPEN),
     # the playground's static files (code, no data); the page asks for a key and sends it
+    ("GET", "/"): Rule(OPEN),  # a redirect to /ui/
     ("GET", "/ui"): Rule(OPEN),
     ("GET", "/ui/{path:path}"): Rule(OPEN),
     ("GET", "/metrics"): Rule(("admin",)),
@@ -105,19 +106,19 @@ ROUTES: dict[tuple[str, str], Rule] = {
     # gateway role: search, cache, aliases, keys
     ("POST", "/v1/search"): Rule(("search",), C, body="collection", texts=_search_texts),
     ("GET", "/v1/search/defaults/{collection}"): Rule(("search",), C, path="collection"),
-    # playground (services/ui_api.py): judgements are evaluation data of a collection
-    ("POST", "/v1/judgements"): Rule(("write",), C, body="collection"),
-    ("GET", "/v1/judgements/{collection}"): Rule(("search",), C, path="collection"),
-    ("GET", "/v1/eval/results"): Rule(("admin",)),  # eval runs span collections
-    ("GET", "/v1/eval/results/{source}/{name}"): Rule(("admin",)),
-    ("GET", "/v1/cache/namespaces"): Rule(("cache",)),  # the handler lists only names in scope
     ("POST", "/v1/cache/lookup"): Rule(("cache",), NS, body="namespace"),
     ("POST", "/v1/cache/store"): Rule(("cache",), NS, body="namespace"),
-    # lookup_id alone: the handler checks the lookup's namespace (services.cache_api.feedback)
+    # the body names the namespace; the service checks the lookup id belongs to it
     ("POST", "/v1/cache/feedback"): Rule(("cache",), NS, body="namespace"),
     ("DELETE", "/v1/cache/namespaces/{namespace}"): Rule(("cache",), NS, path="namespace"),
     ("DELETE", "/v1/cache/namespaces/{namespace}/entries/{entry_id}"): Rule(("cache",), NS, path="namespace"),
     ("GET", "/v1/cache/stats"): Rule(("cache",), NS, query="namespace"),
+    ("GET", "/v1/cache/namespaces"): Rule(("cache",)),  # the handler lists only names in scope
+    # playground: relevance judgements of a collection's hits; eval / bench result files (no collection data)
+    ("POST", "/v1/judgements"): Rule(("search",), C, body="collection"),
+    ("GET", "/v1/judgements/{collection}"): Rule(("search",), C, path="collection"),
+    ("GET", "/v1/eval/results"): Rule(ANY_KEY),
+    ("GET", "/v1/eval/results/{source}/{name}"): Rule(ANY_KEY),
     ("GET", "/v1/aliases"): Rule(("admin",)),
     ("PUT", "/v1/aliases/{alias}"): Rule(("admin",)),
     ("DELETE", "/v1/aliases/{alias}"): Rule(("admin",)),

@@ -97,7 +97,7 @@ async function lookup() {
     };
     if (!body.prompt.trim()) throw new Error("Type a prompt to look up.");
     const res = await api("/v1/cache/lookup", { method: "POST", body });
-    renderLookup(res);
+    renderLookup(res, body.namespace);
     poll();
   } catch (error) {
     showError(els.lookupError, error);
@@ -108,7 +108,7 @@ function row(label, value, title) {
   return h("tr", {}, h("th", { scope: "row", title: title || null }, label), h("td", {}, value));
 }
 
-function renderLookup(r) {
+function renderLookup(r, ns) {
   const ex = r.explain || {};
   const b = ex.bound || {};
   const rows = [row("similarity", fmt(r.similarity, 4), "cosine similarity to the nearest entry")];
@@ -142,7 +142,7 @@ function renderLookup(r) {
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       try {
-        const fb = await api("/v1/cache/feedback", { method: "POST", body: { lookup_id: r.lookup_id, response: input.value } });
+        const fb = await api("/v1/cache/feedback", { method: "POST", body: { namespace: ns, lookup_id: r.lookup_id, response: input.value } });
         status.textContent = `judged ${fb.correct === null ? "—" : fb.correct ? "correct" : "wrong"}; ${fb.observations} observations`;
         poll();
       } catch (error) {

@@ -11,6 +11,8 @@ let current = null;
 
 function setCollections(list) {
   const sel = document.getElementById("collection");
+  sel.hidden = false; // listing works (again): the picker, not the free-text fallback
+  document.getElementById("collection-name").hidden = true;
   const names = list.map((c) => c.name);
   const keep = sel.value || sessionStorage.getItem("dowse.collection") || "";
   const now = [...sel.options].map((o) => o.value).join("\n");
@@ -91,11 +93,21 @@ function init() {
     }
   });
   route();
-  loadCollections().then(() => {
+  loadCollections().catch((error) => {
+    // e.g. a gateway-only process whose origin does not route the indexer's /v1/collections: type a name
+    if (error.status === 401 || error.status === 403) return;
+    document.getElementById("collection").hidden = true;
+    document.getElementById("collection-name").hidden = false;
+    const status = document.getElementById("search-status");
+    status.textContent = `Collections could not be listed here (${error.describe ? error.describe() : error}); type a collection name.`;
+  }).then(() => {
     const params = new URLSearchParams(location.hash.split("?")[1] || "");
     if (params.get("q") && current === "search") {
       document.getElementById("q").value = params.get("q");
-      if (params.get("collection")) document.getElementById("collection").value = params.get("collection");
+      if (params.get("collection")) {
+        document.getElementById("collection").value = params.get("collection");
+        document.getElementById("collection-name").value = params.get("collection");
+      }
       runSearch();
     }
   }).catch(() => {});

@@ -20,6 +20,7 @@ export function initSearch() {
     form: document.getElementById("search-form"),
     q: document.getElementById("q"),
     collection: document.getElementById("collection"),
+    collectionName: document.getElementById("collection-name"),
     topK: document.getElementById("top-k"),
     filters: document.getElementById("filters"),
     error: document.getElementById("search-error"),
@@ -71,7 +72,8 @@ function numberOrUndefined(id) {
 function readForm() {
   const query = els.q.value;
   if (!query.trim()) throw new Error("Type a query first.");
-  if (!els.collection.value) throw new Error("No collection to search: create or index one first.");
+  const collection = els.collection.hidden ? els.collectionName.value.trim() : els.collection.value;
+  if (!collection) throw new Error("No collection to search: create or index one first.");
   let filters;
   const raw = els.filters.value.trim();
   if (raw) {
@@ -87,7 +89,7 @@ function readForm() {
     }
   }
   const common = {
-    collection: els.collection.value,
+    collection,
     query,
     top_k: numberOrUndefined("top-k") ?? 10,
     fusion: document.getElementById("fusion").value,
@@ -182,7 +184,7 @@ function profiles() {
       }
       // a one-retriever answer's "fused" list is that retriever's own list: not a fusion rank
       if (ex.fused && st.body.mode === "hybrid" && !["bm25", "dense"].includes(ex.fused.method)) p.fused = ex.fused;
-      if (ex.rerank) p.rerank = { ...ex.rerank, rank: i + 1 };
+      if (ex.rerank && ex.rerank.score !== null && ex.rerank.score !== undefined) p.rerank = { ...ex.rerank, rank: i + 1 };
     });
   }
   return { prof, absent };
@@ -253,6 +255,20 @@ async function judge(docId, relevance) {
   }
 }
 
+// The rerank column's weight, where it came from (request, eval, setting, default), and whether the
+// cross-encoder ran at all (a served weight of 0 keeps the fused order without calling it).
+function rerankNote(resp) {
+  const ex = (resp.hits[0] || {}).explain || {};
+  const rr = ex.rerank;
+  if (!rr) return null;
+  const src = rr.weight_source ? ` from ${rr.weight_source}` : "";
+  if (rr.skipped) {
+    return h("p", { class: "banner info" }, h("b", {}, "Not reranked: "),
+      `${rr.skipped} (weight ${fmt(rr.weight)}${src}). Set a rerank weight in Options to run the cross-encoder.`);
+  }
+  return h("p", { class: "muted small rerank-weight" }, `weight ${fmt(rr.weight)}${src}: (1 − w) × first stage + w × cross-encoder`);
+}
+
 function banner(resp) {
   const out = [];
   if (resp.partial) {
@@ -289,6 +305,10 @@ function column(st, merged) {
   else if (s.status === "error") body.push(h("p", { class: "banner error" }, s.error.describe ? s.error.describe() : String(s.error)));
   else {
     head.append(timings(s.resp, s.ms));
+    if (st.key === "rerank") {
+      const note = rerankNote(s.resp);
+      if (note) body.push(note);
+    }
     body.push(...banner(s.resp));
     if (!s.resp.hits.length) body.push(h("p", { class: "muted" }, "No hits."));
     body.push(h("ol", { class: "hits" }, s.resp.hits.map((hit, i) => {

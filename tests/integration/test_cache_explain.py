@@ -73,7 +73,9 @@ async def test_explain_gives_the_inputs_of_each_decision(api: tuple[httpx.AsyncC
         )
         assert within == (res["decision"] == "exploit"), res
         if res["decision"] == "explore":
-            await client.post("/v1/cache/feedback", json={"lookup_id": res["lookup_id"], "response": "A"})
+            await client.post(
+                "/v1/cache/feedback", json={"namespace": "ns", "lookup_id": res["lookup_id"], "response": "A"}
+            )
         if i == 1:
             assert ex["fit"] is None and ex["risk"] == 1.0  # no observations yet
     assert seen.get("explore") and seen.get("exploit"), seen

@@ -43,6 +43,9 @@ COLL = "sci"
 # abstracts cut to their first ~130 tokens (one chunk each): the test is about the page, and embedding the
 # documents is most of its time (200 whole abstracts: 46 s vs 34 s at 1000 characters on the loaded box)
 TEXT_CHARS = 600
+# the server runs with API keys required (DOWSE_AUTH=required): the page asks for this one and sends it
+ADMIN_KEY = "dowse-ui-test-admin-" + "k" * 24
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 UI_WAIT_MS = 90_000  # a search with rerank on the shared, loaded 2-core box: seconds, not minutes
 
 
@@ -97,6 +100,8 @@ def server(
         "DOWSE_RERANK_TIMEOUT_S": "60",
         "DOWSE_SEARCH_TIMEOUT_S": "90",
         "PYTHONPATH": str(REPO),
+        "DOWSE_AUTH": "required",  # no key is created in the shared Redis: the admin key is a setting
+        "DOWSE_ADMIN_KEY": ADMIN_KEY,
     }
     log = root / "serve.log"
     cmd = [sys.executable, "-m", "services.cli", "serve", "--port", str(port), "--data-dir", str(data)]
@@ -114,9 +119,10 @@ def server(
                 pass
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.3)
-        r = httpx.post(f"{url}/v1/collections", json={"name": COLL}, timeout=30)
+        r = httpx.post(f"{url}/v1/collections", json={"name": COLL}, headers=AUTH, timeout=30)
         assert r.status_code == 201, r.text
-        r = httpx.post(f"{url}/v1/collections/{COLL}/documents", json={"documents": docs}, timeout=300)
+        body = {"documents": docs}
+        r = httpx.post(f"{url}/v1/collections/{COLL}/documents", json=body, headers=AUTH, timeout=300)
         assert r.status_code == 200, r.text
         yield {"url": url, "data": data, "queries": queries, "job_file": job_file, "log": log}
     finally:
@@ -145,8 +151,11 @@ def ui(server: dict[str, Any]) -> Iterator[dict[str, Any]]:
         # every page of the context, and every request any of them makes, is watched
         context.on("request", lambda req: requests.append(req.url))
 
-        def new_page() -> Any:
+        def new_page(keyed: bool = True) -> Any:
+            """A new tab; ``keyed``: as if its user had typed the key already (sessionStorage is per tab)."""
             page = context.new_page()
+            if keyed:
+                page.add_init_script(f"sessionStorage.setItem('dowse.apiKey', {json.dumps(ADMIN_KEY)})")
             page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
             page.on(
                 "console",
@@ -159,7 +168,8 @@ def ui(server: dict[str, Any]) -> Iterator[dict[str, Any]]:
             page.set_default_timeout(UI_WAIT_MS)
             return page
 
-        yield {"page": new_page(), "new_page": new_page, "requests": requests, "problems": problems, **server}
+        pages = {"page": new_page(keyed=False), "new_page": new_page}
+        yield {**pages, "requests": requests, "problems": problems, **server}
         context.close()
         browser.close()
 
@@ -182,10 +192,13 @@ def search(page: Any, query: str, filters: str = "") -> None:
 
 def test_search_shows_four_columns_with_explain_ranks(ui: dict[str, Any]) -> None:
     page = ui["page"]
-    page.goto(ui["url"] + "/")  # / redirects to the playground
+    page.goto(ui["url"] + "/")  # / redirects to the playground, which needs no key itself
     assert urlsplit(page.url).path == "/ui/"
+    page.wait_for_selector("#key-form:not([hidden])")  # the API does: the page asks for one
+    page.fill("#api-key", ADMIN_KEY)
+    page.keyboard.press("Enter")
     page.wait_for_selector("#collection option[value='sci']", state="attached")
-    assert page.evaluate("document.activeElement.id") == "q"  # the query box has focus on arrival
+    page.focus("#q")
     order = []
     for _ in range(4):
         page.keyboard.press("Tab")
@@ -200,11 +213,11 @@ def test_search_shows_four_columns_with_explain_ranks(ui: dict[str, Any]) -> Non
     for stage in ("bm25", "dense", "hybrid", "rerank"):
         n = page.locator(f".col-{stage} .hit").count()
         assert n == 10, (stage, n)
-        assert not page.locator(f".col-{stage} .banner").count(), page.inner_text(f".col-{stage}")
+        assert not page.locator(f".col-{stage} .banner.warn, .col-{stage} .banner.error").count()
         assert "ms server" in page.inner_text(f".col-{stage} .timings")
     # the hybrid column shows the ranks the API's explain gives, for its first three hits
     body = {"collection": COLL, "query": query, "top_k": 10, "mode": "hybrid", "explain": True}
-    api = httpx.post(ui["url"] + "/v1/search", json=body, timeout=120).json()
+    api = httpx.post(ui["url"] + "/v1/search", json=body, headers=AUTH, timeout=120).json()
     for i, hit in enumerate(api["hits"][:3]):
         card = page.locator(f".col-hybrid .hit[data-id='{hit['id']}']")
         text = card.inner_text()
@@ -212,9 +225,24 @@ def test_search_shows_four_columns_with_explain_ranks(ui: dict[str, Any]) -> Non
         for stage, label in (("bm25", "BM25"), ("dense", "Dense"), ("fused", "Fused")):
             if hit["explain"][stage] is not None:
                 assert f"{label} #{hit['explain'][stage]['rank']}" in text, (stage, text)
-    # the rerank column knows each hit's rerank rank and says how it moved against the fused order
+    # no weight given: the served one; at weight 0 the column says the cross-encoder did not run
+    body = {**body, "rerank": True, "rerank_top_n": 10}
+    served = httpx.post(ui["url"] + "/v1/search", json=body, headers=AUTH, timeout=120).json()
+    skipped = served["hits"][0]["explain"]["rerank"].get("skipped")
+    note = page.locator(".col-rerank .banner.info")
+    assert note.count() == (1 if skipped else 0), page.inner_text(".col-rerank")
+    if skipped:
+        assert note.inner_text().startswith("Not reranked: weight 0 keeps the fused order")
+    # a weight of 0.5: the cross-encoder runs; each hit's rerank rank, and its move against the fused order
+    page.fill("#rerank-weight", "0.5")
+    search(page, query)
+    page.wait_for_selector(".col-rerank[data-status='ok'] .rerank-weight")
+    assert page.inner_text(".col-rerank .rerank-weight").startswith("weight 0.5 from request")
+    assert "rerank " in page.inner_text(".col-rerank .timings")  # the cross-encoder's own time
     rr = page.locator(".col-rerank .hit").first
-    assert "Rerank #1" in rr.inner_text()
+    chip = rr.locator(".chip", has_text="Rerank").inner_text()
+    assert chip.startswith("Rerank #1 "), chip
+    float(chip.split()[-1])  # the cross-encoder's score, a number (a skipped rerank shows none)
     assert page.locator(".col-rerank .move").first.inner_text().endswith(("vs Fused", "= Fused"))
     assert page.locator(".col-bm25 .move").first.inner_text() == "first stage"
     shoot(page, "search")
@@ -278,6 +306,23 @@ def test_degraded_and_partial_answers_are_said_in_words(ui: dict[str, Any]) -> N
     page.close()
 
 
+def test_collection_name_can_be_typed_where_collections_are_not_listed(ui: dict[str, Any]) -> None:
+    """A gateway-only origin without the indexer's routes: the picker becomes a text field, search works."""
+    page = ui["new_page"]()
+    not_found = {"error": {"type": "not_found", "message": "Not Found"}}
+    page.route("**/v1/collections", lambda r: r.fulfill(status=404, json=not_found))
+    page.goto(ui["url"] + "/ui/")
+    page.wait_for_selector("#collection-name:not([hidden])")
+    assert page.locator("#collection").is_hidden()
+    assert "type a collection name" in page.inner_text("#search-status")
+    page.fill("#collection-name", COLL)
+    page.click("summary")
+    page.uncheck("#do-rerank")
+    search(page, ui["queries"][0])
+    page.wait_for_selector(".col-hybrid[data-status='ok'] .hit")
+    page.close()
+
+
 def test_bad_filter_shows_a_clear_error(ui: dict[str, Any]) -> None:
     page = ui["page"]
     search(page, ui["queries"][1], '{"n": {"between": [1, 5]}}')
@@ -321,7 +366,7 @@ def test_cache_lookup_shows_its_decision(ui: dict[str, Any]) -> None:
         page.wait_for_selector("#stats-chart polyline")
         shoot(page, "cache-exploit")
     finally:
-        httpx.delete(f"{ui['url']}/v1/cache/namespaces/{ns}", timeout=10)
+        httpx.delete(f"{ui['url']}/v1/cache/namespaces/{ns}", headers=AUTH, timeout=10)
 
 
 def test_job_progress_moves(ui: dict[str, Any]) -> None:
@@ -376,30 +421,33 @@ def test_eval_view_shows_tables_and_plots(ui: dict[str, Any]) -> None:
 
 
 def test_api_key_is_asked_for_and_kept_in_session_storage(ui: dict[str, Any]) -> None:
-    """With keys on (issue 10), the API answers 401 without one: played here by the browser's router."""
-    page = ui["new_page"]()
-    key = "dowse_test_key_123"
-    sent: list[str | None] = []
-
-    def guard(route: Any) -> None:
-        auth = route.request.headers.get("authorization")
-        sent.append(auth)
-        if auth != f"Bearer {key}":
-            body = {"error": {"type": "unauthorized", "message": "missing or unknown API key"}}
-            route.fulfill(status=401, content_type="application/json", body=json.dumps(body))
-        else:
-            route.continue_()
-
-    page.route("**/v1/**", guard)
+    """Keys required: the page loads without one, its API calls get 401 until the user gives a key."""
+    page = ui["new_page"](keyed=False)
+    calls: list[tuple[str | None, int]] = []
+    page.on(
+        "response",
+        lambda r: (
+            calls.append((r.request.headers.get("authorization"), r.status))
+            if "/v1/collections" in r.url
+            else None
+        ),
+    )
     page.goto(ui["url"] + "/ui/")  # the page itself needs no key
     page.wait_for_selector("#key-form:not([hidden])")
     assert "wants an API key" in page.inner_text("#key-message")
     assert page.evaluate("document.activeElement.id") == "api-key"
-    page.fill("#api-key", key)
+    assert calls[0] == (None, 401), calls
+    wrong = "dowse-wrong-" + "x" * 30
+    page.fill("#api-key", wrong)
+    with page.expect_response(lambda r: "/v1/collections" in r.url and r.status == 401):
+        page.keyboard.press("Enter")
+    expect(page.locator("#key-message")).to_be_visible()  # hidden on submit, shown again by the 401
+    assert calls[-1] == (f"Bearer {wrong}", 401), calls
+    page.fill("#api-key", ADMIN_KEY)
     page.keyboard.press("Enter")
     page.wait_for_selector("#collection option[value='sci']", state="attached")
-    assert sent[0] is None and sent[-1] == f"Bearer {key}"
-    assert page.evaluate("sessionStorage.getItem('dowse.apiKey')") == key
+    assert calls[-1] == (f"Bearer {ADMIN_KEY}", 200), calls
+    assert page.evaluate("sessionStorage.getItem('dowse.apiKey')") == ADMIN_KEY
     assert page.evaluate("localStorage.length") == 0 and page.evaluate("document.cookie") == ""
     page.click("#key-forget")
     assert page.evaluate("sessionStorage.getItem('dowse.apiKey')") is None
