@@ -25,7 +25,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 async def api(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, CacheService]]:
     r = aioredis.Redis.from_url(redis_url)
     await r.flushdb()
-    cfg = CacheConfig(op_timeout_s=1.0, min_obs=3, use_prior=False)  # budget rule, response groups
+    # budget rule, response groups; source_bin 0: every feedback of this one client counts (the test is
+    # about explain, not about the repeated-source rule, which would count one observation per score bin)
+    cfg = CacheConfig(op_timeout_s=1.0, min_obs=3, use_prior=False, source_bin=0.0)
     svc = CacheService(redis_url, HashEmbedder(), cfg, seed=0)  # type: ignore[arg-type]
     await svc.start()
     app = FastAPI()
