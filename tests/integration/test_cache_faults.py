@@ -76,7 +76,10 @@ def stack(tmp_path: Path, model_cache: Path, shared_data: Path) -> Iterator[tupl
         # wait until the demo corpus is ingested: its embedding work would queue our requests behind it
         deadline = time.time() + 90
         with httpx.Client(base_url=gw.url) as c:
-            while _post(c, "/v1/search", SEARCH).status_code != 200:
+            while True:  # the collection exists before its documents are in: wait for hits
+                r = _post(c, "/v1/search", SEARCH)
+                if r.status_code == 200 and r.json()["hits"]:
+                    break
                 assert time.time() < deadline, "demo collection never became searchable"
                 time.sleep(0.3)
         yield redis, gw

@@ -234,13 +234,13 @@ async def test_http_and_inprocess_clients_give_identical_results(
 
 def _batches(server: str, model: str, priority: str) -> float:
     key = f'dowse_embedder_batches_total{{model="{model}",priority="{priority}"}} '
-    text = httpx.get(f"{server}/metrics").text
+    text = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
     return next((float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(key)), 0.0)
 
 
 async def test_http_client_sends_the_priority(server: str) -> None:
     """The field (embeddings) and the X-Dowse-Priority header (rerank) reach the server's batcher."""
-    http = HttpEmbedderClient(server)
+    http = HttpEmbedderClient(server, token=TOKEN)
     try:
         e0, r0 = _batches(server, "minilm", "batch"), _batches(server, "ms-marco-l12", "batch")
         await http.embed(["one short text"], priority="batch")

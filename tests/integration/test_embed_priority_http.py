@@ -71,7 +71,7 @@ async def _asgi(settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings, ["embedder"])
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client,
     ):
         for _ in range(600):
             if (await client.get("/ready")).status_code == 200:
