@@ -40,8 +40,8 @@ RunFn = Callable[[list[Encoded]], np.ndarray]
 Priority = Literal["interactive", "batch"]
 PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 # Padded tokens per batch-class micro-batch (longest x count): minilm int8 on this project's 2 shared CPU
-# cores runs 256 padded tokens in 36 ms (p50; 58 ms max) and 512 in 72 ms (bench/micro_batch.py), so
-# 384 holds the model for about 50 ms, the longest an interactive request waits behind batch work
+# cores runs 384 padded tokens in 48.5 ms (p50; p90 55, max 68; 256: 36 ms, 512: 72 ms; measured with
+# bench/micro_batch.py), the longest an interactive request waits behind batch work
 # (docs/embedder.md, "Priority classes"). A GPU runs far more tokens in 50 ms: raise it there.
 MICRO_BATCH_TOKENS = 384
 

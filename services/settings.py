@@ -59,8 +59,8 @@ class EmbedderSettings(CommonSettings):
     auto_export: bool = True
     rerank_max_length: int = 256
     # Batch-class work (ingest, large client batches) runs in micro-batches of this many padded tokens:
-    # ~50 ms of minilm int8 on 2 CPU cores (bench/micro_batch.py), the longest an interactive request waits
-    # behind it. Raise it on a GPU (same bound, more tokens).
+    # 48.5 ms (p50) of minilm int8 on 2 CPU cores (bench/micro_batch.py), the longest an interactive
+    # request waits behind it. Raise it on a GPU (same bound, more tokens).
     micro_batch_tokens: int = Field(default=MICRO_BATCH_TOKENS, ge=1)
     max_batch_queue: int = 1024  # batch-class inputs waiting, then 429 (ingest backs off and retries)
     max_request_tokens: int = Field(default=32_768, ge=1)  # per embeddings request, then 413
