@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import signal
 import statistics
 import subprocess
@@ -122,6 +123,7 @@ class Drill:
 
     urls: dict[str, str]
     queries: list[str]
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)  # per role: the Authorization header
     samples: list[Sample] = field(default_factory=list)
     acked: list[str] = field(default_factory=list)
     stop: bool = False
@@ -178,15 +180,26 @@ async def one(d: Drill, c: httpx.AsyncClient, kind: str, rng: random.Random) -> 
 async def client_loop(d: Drill, seed: int) -> None:
     rng = random.Random(seed)
     kinds = [k for k, w in MIX for _ in range(w)]
-    async with httpx.AsyncClient(timeout=30.0) as c:
+    async with httpx.AsyncClient(timeout=30.0, event_hooks={"request": [_auth_hook(d)]}) as c:
         while not d.stop:
             await one(d, c, rng.choice(kinds), rng)
 
 
-async def lookup_bucket(gw: str, le: str = "0.05") -> tuple[float, float]:
+def _auth_hook(d: Drill) -> Any:
+    """Adds the role's Authorization header (admin key on the gateway, service token on the others)."""
+
+    async def hook(request: httpx.Request) -> None:
+        for role, url in d.urls.items():
+            if str(request.url).startswith(url) and role in d.headers:
+                request.headers.update(d.headers[role])
+
+    return hook
+
+
+async def lookup_bucket(d: Drill, le: str = "0.05") -> tuple[float, float]:
     """(count in the <= ``le`` bucket, total count) of the gateway's cache lookup histogram."""
-    async with httpx.AsyncClient(timeout=5.0) as c:
-        text = (await c.get(f"{gw}/metrics")).text
+    async with httpx.AsyncClient(timeout=5.0, event_hooks={"request": [_auth_hook(d)]}) as c:
+        text = (await c.get(f"{d.urls['gateway']}/metrics")).text
     bucket = total = 0.0
     for line in text.splitlines():
         if line.startswith(f'dowse_cache_lookup_seconds_bucket{{le="{le}"}}'):
@@ -200,7 +213,7 @@ async def full_answers(d: Drill, dep: str) -> bool:
     """True when the part of the system that ``dep`` serves answers fully (probe requests, not the load)."""
     gw = d.urls["gateway"]
     try:
-        async with httpx.AsyncClient(timeout=5.0) as c:
+        async with httpx.AsyncClient(timeout=5.0, event_hooks={"request": [_auth_hook(d)]}) as c:
             if dep == "redis":
                 r = await c.post(
                     f"{gw}/v1/cache/lookup", json={"namespace": "drill-probe", "prompt": "probe"}
@@ -297,6 +310,12 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
         "DOWSE_AUTO_EXPORT": "false",
         "DOWSE_EMBED_TIMEOUT_S": "2.0",
     }
+    headers: dict[str, dict[str, str]] = {}
+    if args.auth:  # auth on: the gateway takes the admin key, the separate roles only the service token
+        admin, token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        env.update(DOWSE_AUTH="required", DOWSE_ADMIN_KEY=admin, DOWSE_SERVICE_TOKEN=token)
+        headers = {"gateway": {"Authorization": f"Bearer {admin}"}}
+        headers.update({r: {"Authorization": f"Bearer {token}"} for r in ("embedder", "indexer")})
     redis_cmd = ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--dir", str(root)]
     redis_cmd += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
     procs = {
@@ -329,14 +348,14 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
     queries = [
         json.loads(x)["text"] for x in (DATA / "queries.jsonl").read_text().splitlines()[:200] if x.strip()
     ]
-    d = Drill(urls, queries)
+    d = Drill(urls, queries, headers)
     phases: list[dict[str, Any]] = []
     try:
         for p in procs.values():
             p.start()
         for p in procs.values():
             await p.wait_ready()
-        async with httpx.AsyncClient(timeout=300) as c:
+        async with httpx.AsyncClient(timeout=300, event_hooks={"request": [_auth_hook(d)]}) as c:
             r = await c.post(f"{urls['indexer']}/v1/collections", json={"name": "demo", "model": "minilm"})
             assert r.status_code == 201, r.text
             docs = [{"id": x["_id"], "title": x["title"], "text": x["text"]} for x in corpus]
@@ -349,11 +368,11 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
         loops = [asyncio.create_task(client_loop(d, seed)) for seed in range(args.clients)]
         await asyncio.sleep(args.warm_s)
         for dep in ("embedder", "indexer", "redis"):
-            bucket0, total0 = await lookup_bucket(urls["gateway"])
+            bucket0, total0 = await lookup_bucket(d)
             killed = time.monotonic()
             procs[dep].kill()
             await asyncio.sleep(args.down_s)
-            bucket1, total1 = await lookup_bucket(urls["gateway"])
+            bucket1, total1 = await lookup_bucket(d)
             restarted = time.monotonic()
             procs[dep].start()
             ready = await procs[dep].wait_ready()
@@ -378,7 +397,7 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
         d.stop = True
         await asyncio.gather(*loops)
         duration = time.monotonic() - t_start
-        async with httpx.AsyncClient(timeout=60) as c:
+        async with httpx.AsyncClient(timeout=60, event_hooks={"request": [_auth_hook(d)]}) as c:
             found: set[str] = set()
             for i in range(0, len(d.acked), 500):
                 r = await c.post(
@@ -445,6 +464,7 @@ def main() -> None:
     ap.add_argument("--base-port", type=int, default=18440)
     ap.add_argument("--model-cache", default=str(REPO / ".cache" / "models"))
     ap.add_argument("--out", default="faults", help="results file name under bench/results/")
+    ap.add_argument("--no-auth", dest="auth", action="store_false", help="run the roles with auth off")
     args = ap.parse_args()
     out = asyncio.run(drill(args))
     write(out, args.out)
