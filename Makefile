@@ -33,6 +33,7 @@ fmt: venv
 
 test: venv lint
 	scripts/ensure_redis.sh
+	scripts/ensure_chromium.sh
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: venv

@@ -103,6 +103,28 @@ def folds(qids: Sequence[str], k: int = 5, seed: int = 0) -> list[list[str]]:
     return [ids[i::k] for i in range(k)]
 
 
+def choose_value(
+    per_query: dict[float, dict[str, float]], train: Sequence[str], prefer: float | None = None
+) -> tuple[float, float]:
+    """The grid value with the best mean over ``train`` (and that mean); see :func:`choose_by_cv`."""
+    means = {val: statistics.fmean(per_query[val][q] for q in train) for val in sorted(per_query)}
+    best_val, best_score = None, -1.0
+    for val, score in means.items():
+        if score > best_score + 1e-12:
+            best_val, best_score = val, score
+    assert best_val is not None
+    if prefer is not None and len(train) > 1:
+        admissible = []
+        for val, score in means.items():
+            diffs = [per_query[best_val][q] - per_query[val][q] for q in train]
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+            if best_score - score <= se + 1e-12:
+                admissible.append(val)
+        best_val = min(admissible, key=lambda v: (abs(v - prefer), v))
+        best_score = means[best_val]
+    return best_val, best_score
+
+
 def choose_by_cv(
     per_query: dict[float, dict[str, float]],
     fold_ids: list[list[str]],
@@ -119,22 +141,7 @@ def choose_by_cv(
     chosen = []
     for i in range(len(fold_ids)):
         train = [q for j, f in enumerate(fold_ids) if j != i for q in f]
-        means = {val: statistics.fmean(per_query[val][q] for q in train) for val in sorted(per_query)}
-        best_val, best_score = None, -1.0
-        for val, score in means.items():
-            if score > best_score + 1e-12:
-                best_val, best_score = val, score
-        assert best_val is not None
-        if prefer is not None and len(train) > 1:
-            admissible = []
-            for val, score in means.items():
-                diffs = [per_query[best_val][q] - per_query[val][q] for q in train]
-                se = statistics.stdev(diffs) / math.sqrt(len(diffs))
-                if best_score - score <= se + 1e-12:
-                    admissible.append(val)
-            best_val = min(admissible, key=lambda v: (abs(v - prefer), v))
-            best_score = means[best_val]
-        chosen.append((best_val, best_score))
+        chosen.append(choose_value(per_query, train, prefer))
     return chosen
 
 
@@ -178,11 +185,19 @@ class CachedReranker:
         return await self.inner.embed(texts, **kw)
 
     async def rerank(
-        self, query: str, documents: list[str], *, model: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        model: str | None = None,
+        truncate: bool = True,
+        priority: str | None = None,
     ) -> list[float]:
         """Cached cross-encoder scores; missing ones are computed in one call and stored."""
         if self.live:
-            return await self.inner.rerank(query, documents, model=model, truncate=truncate)
+            return await self.inner.rerank(
+                query, documents, model=model, truncate=truncate, priority=priority
+            )
         keys = [self._key(query, d) for d in documents]
         found: dict[str, float] = {}
         for i in range(0, len(keys), 500):
@@ -193,7 +208,7 @@ class CachedReranker:
         self.hits += len(keys) - len(missing)
         if missing:
             scores = await self.inner.rerank(
-                query, [documents[i] for i in missing], model=model, truncate=truncate
+                query, [documents[i] for i in missing], model=model, truncate=truncate, priority=priority
             )
             rows = [(keys[i], float(s)) for i, s in zip(missing, scores, strict=True)]
             self.db.executemany("INSERT OR REPLACE INTO ce VALUES (?, ?)", rows)

@@ -25,6 +25,7 @@ from gateway.eval import (
     Dataset,
     blended_run,
     choose_by_cv,
+    choose_value,
     evaluate,
     folds,
     fused_lists,
@@ -33,6 +34,7 @@ from gateway.eval import (
     run_queries,
 )
 from gateway.pipeline import SearchLimits, SearchPipeline, SearchRequest
+from gateway.search_defaults import merge_eval_defaults
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,15 @@ BASE = [
 ]
 RERANK_PRIORITY = ["hybrid-rrf", "bm25", "hybrid-convex", "dense-minilm", "dense-bge", "hybrid-rrf-bge"]
 DEFAULT_CONFIGS = BASE + [f"{b}+{s}" for b in RERANK_PRIORITY for s in ("rerank", "ce")]
+# Which served (collection model, first stage) a base configuration's tuned rerank weight applies to.
+SERVE_STAGE = {
+    "bm25": ("minilm", "bm25"),
+    "dense-minilm": ("minilm", "dense"),
+    "dense-bge": ("bge-small", "dense"),
+    "hybrid-rrf": ("minilm", "hybrid-rrf"),
+    "hybrid-rrf-bge": ("bge-small", "hybrid-rrf"),
+    "hybrid-convex": ("minilm", "hybrid-convex"),
+}
 
 
 def base_request(name: str, prefix: str) -> SearchRequest:
@@ -92,6 +103,8 @@ class Evaluator:
         self.hits: dict[str, dict[str, list[Any]]] = {}
         self.per_query: dict[str, Any] = {}  # config -> per-fold params callback
         self.results: dict[str, dict[str, Any]] = {}
+        # collection -> first stage -> the rerank weight to serve (chosen on every query) and its evidence
+        self.serve_defaults: dict[str, dict[str, dict[str, Any]]] = {}
 
     def _row(self, name: str, run: dict[str, dict[str, float]], lat: dict[str, float], **extra: Any) -> None:
         row: dict[str, Any] = {"config": name, **evaluate(self.data.qrels, run), **lat, **extra}
@@ -176,10 +189,20 @@ class Evaluator:
             # training folds show a gain larger than its noise ("reranking never makes it worse")
             chosen = choose_by_cv(per_w, self.fold_ids, prefer=0.0)
             weights = [w for w, _ in chosen]
+            # the weight to serve: the same rule trained on every query (the CV above says how it generalises)
+            serve_w, serve_score = choose_value(per_w, list(self.data.queries), prefer=0.0)
             extra["cv"] = {
                 "param": "rerank_weight",
                 "per_fold": weights,
                 "train_ndcg@10": [s for _, s in chosen],
+                "serve": serve_w,
+            }
+            model, stage = SERVE_STAGE[name]
+            self.serve_defaults.setdefault(f"{self.prefix}{COLLECTIONS[model]}", {})[stage] = {
+                "weight": serve_w,
+                "config": label,
+                "per_fold": weights,
+                "ndcg@10_all_queries": round(serve_score, 4),
             }
 
         def cb(qid: str) -> dict[str, Any]:
@@ -268,3 +291,15 @@ async def ensure_collections(
         if have < n_docs:
             log.info("indexing %s into %s (%d/%d present)", corpus, name, have, n_docs)
             await indexer_service.run_ingest(name, corpus, None, batch_size=64)
+
+
+async def store_serve_defaults(
+    indexer_service: Any, chosen: dict[str, dict[str, dict[str, Any]]], run: dict[str, Any]
+) -> list[str]:
+    """Merge each collection's chosen rerank weights into its ``search_defaults.json``; returns paths."""
+    paths = []
+    for name, stages in chosen.items():
+        info = await indexer_service.collection_info(name)
+        doc = merge_eval_defaults(info.get("search_defaults"), stages, run)
+        paths.append(str(await indexer_service.put_search_defaults(name, doc)))
+    return paths

@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from embedder.client import EmbedderClient
-from embedder.errors import DowseError, InvalidInput, NotFound, NotReady, TooLarge
-from gateway import fusion
-from gateway.errors import EmbedderUnavailable, InvalidSearch, SearchFailed
+from embedder.errors import DowseError, InvalidInput, NotFound, NotReady, Overloaded, TooLarge
+from gateway import fusion, search_defaults
+from gateway.errors import CircuitOpen, EmbedderUnavailable, InvalidSearch, SearchFailed
 from gateway.search_types import CircuitBreaker, SearchHit, SearchLimits, SearchRequest, SearchResponse
 from indexer.client import Hit, IndexerClient
 from indexer.filters import compile_filters
@@ -59,7 +59,27 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, DowseError):
         return exc.message
-    return type(exc).__name__
+    return "failed"  # the exception class is logged, never shown to clients
+
+
+def _reason(stage: str, exc: BaseException) -> str:
+    """A short code for a fallback, ``<stage>_<cause>``: the reason label of the degraded-search metric.
+
+    ``stage``: embed (query embedding), dense / bm25 (an indexer retriever), rerank; ``cause``: timeout,
+    overloaded (the embedder's queue was full), circuit_open, failed.
+    """
+    if stage == "dense" and isinstance(exc, EmbedderUnavailable):
+        stage = "embed"
+    if isinstance(exc, CircuitOpen):
+        return f"{stage}_circuit_open"
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TimeoutError | asyncio.TimeoutError):
+            return f"{stage}_timeout"
+        if isinstance(seen, Overloaded):
+            return f"{stage}_overloaded"
+        seen = seen.__cause__
+    return f"{stage}_failed"
 
 
 class SearchPipeline:
@@ -77,7 +97,7 @@ class SearchPipeline:
         default_candidates: int = 100,
         default_alpha: float = 0.5,
         default_rerank_top_n: int = 20,
-        default_rerank_weight: float = 0.1,
+        default_rerank_weight: float | None = None,
         rerank_model: str | None = None,
         info_ttl_s: float = 5.0,
         limits: SearchLimits | None = None,
@@ -105,7 +125,7 @@ class SearchPipeline:
         lim = self.limits
         if not isinstance(req.collection, str) or not req.collection.strip():
             raise InvalidSearch("collection must be a non-empty string", field="collection")
-        if not NAME_RE.match(req.collection):
+        if not NAME_RE.fullmatch(req.collection):
             raise InvalidSearch(
                 f"collection name must match {NAME_RE.pattern}", field="collection", limit=NAME_RE.pattern
             )
@@ -149,8 +169,8 @@ class SearchPipeline:
                 field="rerank_top_n",
                 limit=lim.max_rerank_top_n,
             )
-        weight = self.default_rerank_weight if req.rerank_weight is None else req.rerank_weight
-        if not 0.0 <= weight <= 1.0:
+        weight = req.rerank_weight  # None: chosen per collection and first stage in search()
+        if weight is not None and not 0.0 <= weight <= 1.0:
             raise InvalidSearch("rerank_weight must be in [0, 1]", field="rerank_weight", limit=1)
         if req.filters is not None and not isinstance(req.filters, dict):
             raise InvalidSearch("filters must be an object of metadata key -> condition", field="filters")
@@ -188,7 +208,7 @@ class SearchPipeline:
             raise SearchFailed(f"indexer {name} timed out after {timeout_s:.1f} s", field="indexer") from exc
         except Exception as exc:
             log.exception("indexer %s failed", name)
-            raise SearchFailed(f"indexer {name} failed: {type(exc).__name__}", field="indexer") from exc
+            raise SearchFailed(f"indexer {name} failed", field="indexer") from exc
 
     def _remaining(self, timer: _Timer) -> float:
         return self.search_timeout_s - timer.elapsed_s()
@@ -203,15 +223,25 @@ class SearchPipeline:
         self._info[name] = (now, info)
         return info
 
+    async def served_defaults(self, name: str) -> dict[str, Any]:
+        """The rerank weight each first stage is served with on collection ``name``, and its source."""
+        if not NAME_RE.fullmatch(name):
+            raise InvalidSearch(f"collection name must match {NAME_RE.pattern}", field="collection")
+        aw = self.collection_info(name)
+        info = await self._indexer(aw, self.retrieve_timeout_s, _Timer(), "collection")
+        table = search_defaults.served_table(info, self.default_rerank_weight)
+        return {"collection": name, "rerank_top_n": self.default_rerank_top_n, "rerank_weight": table}
+
     async def _embed_query(self, req: SearchRequest, info: dict[str, Any], timer: _Timer) -> np.ndarray:
         if not self.breaker.allow():
-            raise EmbedderUnavailable("embedder circuit open after repeated failures", field="embedder")
+            raise CircuitOpen("embedder circuit open after repeated failures", field="embedder")
         aw = self.embedder.embed(
             [req.query],
             model=info.get("model"),
             prompt_name=None if req.instruction else info.get("query_prompt", "query"),
             instruction=req.instruction,
             dimensions=info.get("dims"),
+            priority="interactive",  # a search waits for it: ahead of ingest micro-batches
         )
         try:
             res = await self._timed(aw, min(self.embed_timeout_s, self._remaining(timer)), timer, "embed")
@@ -252,9 +282,15 @@ class SearchPipeline:
         return await self._indexer(aw, min(self.retrieve_timeout_s, self._remaining(timer)), timer, "bm25")
 
     async def _retrieve(
-        self, req: SearchRequest, info: dict[str, Any], timer: _Timer
+        self,
+        req: SearchRequest,
+        info: dict[str, Any],
+        timer: _Timer,
+        reasons: list[str],
     ) -> tuple[list[Hit] | None, list[Hit] | None, list[str]]:
-        """Run the retrievers the mode needs, concurrently; returns (lexical, dense, degradation notes)."""
+        """Run the retrievers the mode needs, concurrently; returns (lexical, dense, degradation notes).
+
+        Each fallback also appends its code (see :func:`_reason`) to ``reasons``."""
         notes: list[str] = []
         lexical: list[Hit] | None = None
         dense: list[Hit] | None = None
@@ -272,10 +308,12 @@ class SearchPipeline:
                     raise res  # cancellation and friends
             if isinstance(den_res, BaseException):
                 notes.append(f"dense retrieval unavailable ({_describe(den_res)}): bm25 only")
+                reasons.append(_reason("dense", den_res))
             else:
                 dense = den_res
             if isinstance(lex_res, BaseException):
                 notes.append(f"lexical retrieval unavailable ({_describe(lex_res)}): dense only")
+                reasons.append(_reason("bm25", lex_res))
             else:
                 lexical = lex_res
             if lexical is None and dense is None:
@@ -287,6 +325,7 @@ class SearchPipeline:
                 raise
             except Exception as exc:
                 notes.append(f"dense retrieval unavailable ({_describe(exc)}): bm25 only")
+                reasons.append(_reason("dense", exc))
                 try:
                     lexical = await self._lexical(req, timer)
                 except _USER_ERRORS:
@@ -347,13 +386,13 @@ class SearchPipeline:
         timer: _Timer,
     ) -> list[float]:
         if not self.breaker.allow():
-            raise EmbedderUnavailable("embedder circuit open after repeated failures", field="embedder")
+            raise CircuitOpen("embedder circuit open after repeated failures", field="embedder")
         texts = [f"{docs[r.id][0]} {docs[r.id][1]}".strip() if r.id in docs else "" for r in head]
         texts = [t or " " for t in texts]
         budget = min(self.rerank_timeout_s, self._remaining(timer))
         if budget <= 0:
             raise TimeoutError
-        aw = self.embedder.rerank(req.query, texts, model=self.rerank_model)
+        aw = self.embedder.rerank(req.query, texts, model=self.rerank_model, priority="interactive")
         try:
             scores = await self._timed(aw, budget, timer, "rerank")
         except TimeoutError:
@@ -376,7 +415,15 @@ class SearchPipeline:
         info = await self._indexer(
             self.collection_info(req.collection), self.retrieve_timeout_s, timer, "collection"
         )
-        lexical, dense, notes = await self._retrieve(req, info, timer)
+        # an alias resolves to its collection here, once, for every later call of this search
+        req = replace(req, collection=str(info.get("name") or req.collection))
+        stage = search_defaults.stage_key(req.mode, req.fusion)
+        weight, weight_source = search_defaults.choose_rerank_weight(
+            req.rerank_weight, stage, info, self.default_rerank_weight
+        )
+        req = replace(req, rerank_weight=weight)
+        reasons: list[str] = []
+        lexical, dense, notes = await self._retrieve(req, info, timer, reasons)
         start = time.perf_counter()
         fused = self._fuse(req, lexical, dense)
         timer.add("fusion", start)
@@ -391,7 +438,8 @@ class SearchPipeline:
         final: list[fusion.Fused] = fused
         rerank_scores: dict[str, float] = {}
         blended: dict[str, float] = {}
-        if req.rerank and fused:
+        # weight 0 keeps the first-stage order exactly: the cross-encoder call would change nothing
+        if req.rerank and fused and weight > 0.0:
             assert req.rerank_top_n is not None and req.rerank_weight is not None
             head = fused[: req.rerank_top_n]
             docs = await self._passages(req.collection, [r.id for r in head], hits_by_id)
@@ -399,6 +447,7 @@ class SearchPipeline:
                 ce = await self._rerank(req, head, docs, timer)
             except Exception as exc:
                 notes.append(f"rerank skipped ({_describe(exc)}): fused order")
+                reasons.append(_reason("rerank", exc))
             else:
                 mixed = fusion.blend_rerank([r.score for r in head], ce, req.rerank_weight)
                 for r, s, m in zip(head, ce, mixed, strict=True):
@@ -419,6 +468,7 @@ class SearchPipeline:
         docs = await self._passages(req.collection, [r.id for r in top], hits_by_id)
         timer.add("fetch", start)
         first_rank = {r.id: i + 1 for i, r in enumerate(fused)}
+        weight_info = {"weight": weight, "weight_source": weight_source}
         out: list[SearchHit] = []
         for r in top:
             title, text, meta = docs.get(r.id, ("", "", {}))
@@ -432,18 +482,47 @@ class SearchPipeline:
                         "score": r.score,
                         "method": _method(req, lexical, dense),
                     },
-                    "rerank": (
-                        {"score": rerank_scores[r.id], "blended": blended[r.id], "weight": req.rerank_weight}
-                        if r.id in rerank_scores
-                        else None
-                    ),
+                    "rerank": _rerank_explain(req, r.id, rerank_scores, blended, weight_info),
                 }
             out.append(hit)
         timer.timings["total"] = round(timer.elapsed_s() * 1000.0, 3)
         degraded = "; ".join(notes) if notes else None
         if degraded:
             log.warning("degraded search on %s: %s", req.collection, degraded)
-        return SearchResponse(hits=out, timings_ms=timer.timings, degraded=degraded)
+        failed = _failed_shards(lexical, dense)
+        return SearchResponse(
+            hits=out,
+            timings_ms=timer.timings,
+            degraded=degraded,
+            degraded_reasons=reasons,
+            failed_shards=failed,
+        )
+
+
+def _rerank_explain(
+    req: SearchRequest,
+    doc_id: str,
+    scores: dict[str, float],
+    blended: dict[str, float],
+    weight_info: dict[str, Any],
+) -> dict[str, Any] | None:
+    """A hit's rerank explain: its scores (if reranked) and the weight with where it came from."""
+    if not req.rerank:
+        return None
+    if doc_id in scores:
+        return {"score": scores[doc_id], "blended": blended[doc_id], **weight_info}
+    if weight_info["weight"] == 0.0:
+        return {"score": None, "blended": None, "skipped": "weight 0 keeps the fused order", **weight_info}
+    return None
+
+
+def _failed_shards(*lists: list[Hit] | None) -> list[dict[str, Any]]:
+    """Shards missing from either retriever's merged hits (one entry per shard, first reason kept)."""
+    out: dict[int, dict[str, Any]] = {}
+    for lst in lists:
+        for f in getattr(lst, "failed_shards", None) or []:
+            out.setdefault(f.shard, f.to_dict())
+    return [out[k] for k in sorted(out)]
 
 
 def _stage(rec: fusion.Fused, slot: int) -> dict[str, Any] | None:

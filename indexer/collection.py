@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ from indexer.store import Changes, DocStore, PreparedDoc
 
 log = logging.getLogger(__name__)
 
+SEARCH_DEFAULTS = "search_defaults.json"  # served search defaults chosen by `dowse eval` (see gateway)
 EXACT_SUBSET_MAX = 20_000  # filtered dense search over at most this many chunks is exact (from SQLite)
 
 
@@ -232,12 +235,19 @@ class Collection:
         ]
 
     def search_lexical(
-        self, query: str, k: int, filters: dict[str, Any] | None = None, texts: int | None = None
+        self,
+        query: str,
+        k: int,
+        filters: dict[str, Any] | None = None,
+        texts: int | None = None,
+        stats: dict[str, Any] | None = None,
     ) -> list[Hit]:
-        """Top-k documents by BM25 (one per document; ``texts``: how many leading hits carry their text)."""
+        """Top-k documents by BM25 (one per document; ``texts``: how many leading hits carry their text).
+
+        ``stats``: collection-wide term statistics (sharded collections), see ``LexicalIndex.search``."""
         with self.lock.read():
             allowed = self._filter(filters)
-            dnos, scores = self.lexical.search(query, k, None if allowed is None else allowed[1])
+            dnos, scores = self.lexical.search(query, k, None if allowed is None else allowed[1], stats)
             keys = [int(d) for d in dnos]
             rows = self.store.doc_rows(keys, with_text=texts is None)
             if texts:
@@ -247,6 +257,11 @@ class Collection:
             for d, s in zip(dnos, scores, strict=True)
             if (r := rows.get(int(d))) is not None
         ]
+
+    def term_stats(self, query: str) -> dict[str, Any]:
+        """This shard's BM25 statistics of the query's terms (``num_docs``, ``df``)."""
+        with self.lock.read():
+            return self.lexical.term_stats(query)
 
     def get_documents(self, ids: Sequence[str]) -> list[dict[str, Any]]:
         """Stored documents in ``ids`` order."""
@@ -266,6 +281,26 @@ class Collection:
                 "snapshot_seq": self._snapshot_seq,
                 "lexical_seq": self.lexical.seq(),
             }
+
+    def search_defaults(self) -> dict[str, Any] | None:
+        """``search_defaults.json`` written by ``dowse eval`` (None if absent or unreadable)."""
+        path = self.root / SEARCH_DEFAULTS
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("%s: ignoring unreadable %s (%s)", self.name, path, exc)
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def put_search_defaults(self, doc: dict[str, Any]) -> Path:
+        """Replace ``search_defaults.json`` atomically (tmp + rename); returns its path."""
+        path = self.root / SEARCH_DEFAULTS
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
 
     def close(self) -> None:
         """Snapshot and release files."""

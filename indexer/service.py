@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from embedder.client import EmbedderClient
-from embedder.errors import DependencyFailed, DowseError, InvalidInput
+from embedder.errors import Conflict, DependencyFailed, DowseError
+from indexer.aliases import AliasOps, AliasStore
 from indexer.chunking import Chunker, offsets_for_model, passage_text
-from indexer.client import Hit
 from indexer.collection import Collection
 from indexer.errors import (
     CollectionExists,
@@ -28,15 +27,15 @@ from indexer.errors import (
     InvalidCollectionSpec,
     ManifestMismatch,
 )
-from indexer.filters import compile_filters
+from indexer.import_roots import import_roots
 from indexer.jobs import IngestJobs
 from indexer.manifest import ANALYZERS, METRICS, IndexSpec, Manifest, validate_name
+from indexer.search_ops import SearchOps
+from indexer.sharding import shard_of
 from indexer.store import PreparedDoc
 from indexer.validate import (
-    MAX_QUERY_CHARS,
     check_ids,
-    check_k,
-    check_texts,
+    check_shards,
     validate_batch,
     validate_document,
 )
@@ -44,7 +43,7 @@ from indexer.validate import (
 log = logging.getLogger(__name__)
 
 
-class IndexerService(IngestJobs):
+class IndexerService(IngestJobs, AliasOps, SearchOps):
     """All collections under ``data_dir/collections``; embeds documents through ``embedder``."""
 
     def __init__(
@@ -66,8 +65,10 @@ class IndexerService(IngestJobs):
         self.max_doc_chars = max_doc_chars
         self.embed_batch = embed_batch
         self.snapshot_every = snapshot_every
-        self.job_roots = [p.resolve() for p in job_roots] if job_roots else None
+        # ingest jobs started through the API read only files under these (imports first)
+        self.job_roots = import_roots(Path(data_dir), job_roots)
         self._collections: dict[str, Collection] = {}
+        self.aliases = AliasStore(Path(data_dir) / "aliases.json")
         self._chunkers: dict[str, Chunker] = {}
         self._create_lock = asyncio.Lock()
         self._jobs: dict[str, asyncio.Task[Any]] = {}
@@ -111,7 +112,7 @@ class IndexerService(IngestJobs):
         self._collections.clear()
 
     def _get(self, name: str) -> Collection:
-        coll = self._collections.get(name)
+        coll = self._collections.get(self.resolve_name(name))
         if coll is None:
             raise CollectionNotFound(f"collection {name!r} does not exist", field="collection")
         if not coll.ready:
@@ -131,9 +132,16 @@ class IndexerService(IngestJobs):
         chunk_tokens: int | None = None,
         chunk_overlap: int | None = None,
         exist_ok: bool = False,
+        shards: int = 1,
+        shard: int | None = None,
     ) -> dict[str, Any]:
-        """Create a collection pinned to ``model`` (revision, prompts and dims from the embedder)."""
+        """Create a collection pinned to ``model`` (revision, prompts and dims from the embedder).
+
+        ``shards`` > 1: this indexer holds shard ``shard`` of them (the gateway creates every shard)."""
         validate_name(name)
+        shard = check_shards(shards, shard)
+        if self.aliases.resolve(name) is not None:
+            raise CollectionExists(f"{name!r} is an alias; a collection needs another name", field="name")
         spec = IndexSpec.parse(index)
         if metric not in METRICS:
             raise InvalidCollectionSpec(
@@ -177,6 +185,8 @@ class IndexerService(IngestJobs):
             analyzer=analyzer,
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
+            shards=shards,
+            shard=shard,
         )
         async with self._create_lock:
             existing = self._collections.get(name)
@@ -204,11 +214,23 @@ class IndexerService(IngestJobs):
         coll = self._get(name)
         info = coll.manifest.to_dict()
         info["stats"] = await asyncio.to_thread(coll.stats)
+        info["search_defaults"] = await asyncio.to_thread(coll.search_defaults)
         return info
 
+    async def put_search_defaults(self, name: str, doc: dict[str, Any]) -> Path:
+        """Store the collection's served search defaults (written by ``dowse eval``)."""
+        return await asyncio.to_thread(self._get(name).put_search_defaults, doc)
+
     async def delete_collection(self, name: str) -> dict[str, Any]:
-        """Delete a collection and its files."""
+        """Delete a collection and its files (409 while an alias points at it)."""
         coll = self._get(name)
+        name = coll.manifest.name
+        pointing = self.aliases.aliases_of(name)
+        if pointing:
+            raise Conflict(
+                f"collection {name!r} is the target of alias(es) {pointing}: switch or delete them first",
+                field="collection",
+            )
         for job_id, task in list(self._jobs.items()):
             if job_id.startswith(f"{name}/"):
                 task.cancel()
@@ -247,6 +269,16 @@ class IndexerService(IngestJobs):
                 f"collection {name!r} has {man.dims} dims, not {dims}", field="dims", limit=man.dims
             )
         validate_batch(docs, self.max_batch_docs, self.max_doc_chars)
+        if man.shards > 1:  # a write that bypassed the gateway's routing would make ids unfindable
+            for i, d in enumerate(docs):
+                owner = shard_of(d["id"], man.shards)
+                if owner != man.shard:
+                    raise ManifestMismatch(
+                        f"document {d['id']!r} belongs to shard {owner} of {man.shards}, this is shard "
+                        f"{man.shard}: write through the gateway",
+                        field=f"documents[{i}].id",
+                        limit=owner,
+                    )
         await self._check_revision(man)
         chunker = self._chunker(man)
         plans = await asyncio.to_thread(
@@ -284,12 +316,18 @@ class IndexerService(IngestJobs):
             batch = [texts[j] for j in order[i : i + self.embed_batch]]
             try:
                 res = await self.embedder.embed(
-                    batch, model=man.model, prompt_name=man.prompt, dimensions=man.dims, truncate=True
+                    batch,
+                    model=man.model,
+                    prompt_name=man.prompt,
+                    dimensions=man.dims,
+                    truncate=True,
+                    priority="batch",  # bulk work: micro-batches behind searches' query embeddings
                 )
             except DowseError:
                 raise
             except Exception as exc:
-                raise DependencyFailed(f"embedder failed: {type(exc).__name__}", field="embedder") from exc
+                log.warning("embedder call failed: %r", exc)
+                raise DependencyFailed("embedder failed", field="embedder") from exc
             vec = np.asarray(res.vectors, dtype=np.float32)
             if vec.shape != (len(batch), man.dims):
                 raise ManifestMismatch(
@@ -316,7 +354,8 @@ class IndexerService(IngestJobs):
         except DowseError:
             raise
         except Exception as exc:
-            raise DependencyFailed(f"embedder failed: {type(exc).__name__}", field="embedder") from exc
+            log.warning("embedder call failed: %r", exc)
+            raise DependencyFailed("embedder failed", field="embedder") from exc
 
     async def _check_revision(self, man: Manifest) -> None:
         """Refuse writes when the embedder now serves another revision of the pinned model (cached 60 s)."""
@@ -345,62 +384,6 @@ class IndexerService(IngestJobs):
         check_ids(ids, self.max_batch_docs)
         return await asyncio.to_thread(coll.get_documents, ids)
 
-    # ---- search -------------------------------------------------------------------------------
-    async def search_dense(
-        self,
-        name: str,
-        vector: Any,
-        k: int = 10,
-        filters: dict[str, Any] | None = None,
-        per_chunk: bool = False,
-        texts: int | None = None,
-    ) -> list[Hit]:
-        """Top-k by vector similarity; ``vector`` must have the collection's dims.
-
-        ``texts``: how many leading hits carry title/text/metadata (None: all; the gateway asks only for
-        the few it shows or reranks).
-        """
-        coll = self._get(name)
-        check_k(k)
-        compile_filters(filters)
-        try:
-            q = np.asarray(vector, dtype=np.float32).reshape(-1)
-        except (TypeError, ValueError):
-            raise InvalidInput("vector must be a list of numbers", field="vector") from None
-        if q.shape[0] != coll.manifest.dims:
-            raise InvalidInput(
-                f"vector has {q.shape[0]} dims, collection {name!r} has {coll.manifest.dims}",
-                field="vector",
-                limit=coll.manifest.dims,
-            )
-        if not np.all(np.isfinite(q)):
-            raise InvalidInput("vector values must be finite", field="vector")
-        if coll.manifest.metric == "cosine":
-            norm = float(np.linalg.norm(q))
-            if norm == 0 or not math.isfinite(norm):
-                raise InvalidInput("vector must be non-zero for cosine similarity", field="vector")
-            q = q / norm
-        check_texts(texts)
-        return await asyncio.to_thread(coll.search_dense, q, k, filters, per_chunk, None, texts)
-
-    async def search_lexical(
-        self,
-        name: str,
-        query: str,
-        k: int = 10,
-        filters: dict[str, Any] | None = None,
-        per_chunk: bool = False,
-        texts: int | None = None,
-    ) -> list[Hit]:
-        """Top-k documents by BM25 (``per_chunk`` accepted for symmetry: lexical hits are whole documents)."""
-        coll = self._get(name)
-        check_k(k)
-        compile_filters(filters)
-        if not isinstance(query, str) or len(query) > MAX_QUERY_CHARS:
-            raise InvalidInput("query must be a string", field="query", limit=MAX_QUERY_CHARS)
-        check_texts(texts)
-        return await asyncio.to_thread(coll.search_lexical, query, k, filters, texts)
-
 
 def name_alias(model: str) -> str:
     """Canonical preset name (``all-MiniLM-L6-v2`` -> ``minilm``) for comparisons."""
@@ -413,5 +396,16 @@ def name_alias(model: str) -> str:
 
 
 def _same_config(a: Manifest, b: Manifest) -> bool:
-    keys = ("model", "revision", "dims", "metric", "index", "analyzer", "chunk_tokens", "chunk_overlap")
+    keys = (
+        "model",
+        "revision",
+        "dims",
+        "metric",
+        "index",
+        "analyzer",
+        "chunk_tokens",
+        "chunk_overlap",
+        "shards",
+        "shard",
+    )
     return all(getattr(a, k) == getattr(b, k) for k in keys)

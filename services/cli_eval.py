@@ -36,9 +36,23 @@ def register(app: typer.Typer) -> None:
         rerank_budget_s: Annotated[
             float | None, typer.Option(help="start no new rerank config after this many seconds")
         ] = None,
+        write_defaults: Annotated[
+            bool,
+            typer.Option(
+                help="store the rerank weights chosen here as each collection's served defaults "
+                "(<data_dir>/collections/<name>/search_defaults.json)"
+            ),
+        ] = True,
         ce_cache: Annotated[
             Path | None,
             typer.Option(help="SQLite cache of cross-encoder scores (default <data_dir>/ce.sqlite)"),
+        ] = None,
+        qrels: Annotated[
+            Path | None,
+            typer.Option(
+                help="queries.jsonl + qrels/test.tsv to judge by instead of the dataset's, e.g. the "
+                "playground's <data-dir>/judgements/<collection> (its ids must be the dataset's corpus ids)"
+            ),
         ] = None,
     ) -> None:
         """Evaluate search configurations: nDCG@10 / Recall@100 (pytrec_eval), MRR@10, latency, QPS, plot."""
@@ -49,8 +63,10 @@ def register(app: typer.Typer) -> None:
         settings = ServeSettings(**({"data_dir": data_dir} if data_dir else {}))
         configure_logging(settings.log_level, settings.log_json)
         for f in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
-            if not (dataset / f).is_file():
-                raise typer.BadParameter(f"missing {dataset / f}", param_hint="--dataset")
+            base = dataset if f == "corpus.jsonl" or qrels is None else qrels
+            if not (base / f).is_file():
+                hint = "--dataset" if base == dataset else "--qrels"
+                raise typer.BadParameter(f"missing {base / f}", param_hint=hint)
         try:
             configs = validate_configs(config or list(DEFAULT_CONFIGS))
         except ValueError as exc:
@@ -62,6 +78,8 @@ def register(app: typer.Typer) -> None:
             max_queries=max_queries,
             rerank_budget_s=rerank_budget_s,
             ce_cache=ce_cache or settings.data_dir / "ce.sqlite",
+            write_defaults=write_defaults,
+            qrels=qrels,
         )
         asyncio.run(_run(settings, dataset, configs, out, name, opts))
 
@@ -76,13 +94,21 @@ async def _run(
     from embedder.service import EmbeddingService
     from gateway.eval import CachedReranker, load_beir
     from gateway.eval_report import COLUMNS, _fmt, tuned_note, write_report
-    from gateway.eval_runner import Evaluator, ensure_collections, eval_pipeline, models_needed
+    from gateway.eval_runner import (
+        Evaluator,
+        ensure_collections,
+        eval_pipeline,
+        models_needed,
+        store_serve_defaults,
+    )
     from indexer.inprocess import InProcessIndexerClient
     from indexer.service import IndexerService
     from services.machine import describe
 
     console = Console(width=170)
-    data = load_beir(dataset)
+    data = load_beir(opts["qrels"] or dataset)
+    if not data.queries:
+        raise typer.BadParameter("no query there has a relevant document", param_hint="--qrels")
     if opts["max_queries"]:
         keep = list(data.queries)[: opts["max_queries"]]
         data.queries = {q: data.queries[q] for q in keep}
@@ -132,6 +158,10 @@ async def _run(
             "seconds": round(time.perf_counter() - t0, 1),
         }
         paths = write_report(results, meta, out, stem)
+        if opts["write_defaults"] and ev.serve_defaults:
+            run = {k: meta[k] for k in ("dataset", "queries", "folds", "rerank_top_n", "cross_encoder")}
+            run["report"] = str(paths[0])
+            paths += [Path(p) for p in await store_serve_defaults(indexer, ev.serve_defaults, run)]
         await reranker.aclose()
     finally:
         await indexer.close()

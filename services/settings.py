@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from embedder.batching import MICRO_BATCH_TOKENS
+
 
 class CommonSettings(BaseSettings):
     """Settings every role shares."""
@@ -29,6 +31,9 @@ class CommonSettings(BaseSettings):
     service_token: SecretStr | None = None  # gateway -> embedder/indexer; separate roles accept only it
     insecure: bool = False  # allow serving a non-loopback address with auth off
     auth_cache_ttl_s: float = Field(2.0, gt=0, le=5, description="key records cached per process")
+    # Host names served (DNS rebinding guard); None: loopback names + `host`, or any when bound to 0.0.0.0
+    allowed_hosts: list[str] | None = None
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request bodies over this: 413")
 
     def model_cache_dir(self) -> Path:
         """Where exported models live."""
@@ -53,6 +58,14 @@ class EmbedderSettings(CommonSettings):
     max_client_batch: int = 256
     auto_export: bool = True
     rerank_max_length: int = 256
+    # Batch-class work (ingest, large client batches) runs in micro-batches of this many padded tokens:
+    # ~50 ms of minilm int8 on 2 CPU cores (bench/micro_batch.py), the longest an interactive request waits
+    # behind it. Raise it on a GPU (same bound, more tokens).
+    micro_batch_tokens: int = Field(default=MICRO_BATCH_TOKENS, ge=1)
+    max_batch_queue: int = 1024  # batch-class inputs waiting, then 429 (ingest backs off and retries)
+    max_request_tokens: int = Field(default=32_768, ge=1)  # per embeddings request, then 413
+    max_rerank_docs: int = Field(default=100, ge=1)  # documents per rerank request, then 413
+    max_rerank_tokens: int = Field(default=25_600, ge=1)  # (query, document) tokens per rerank, then 413
 
 
 class IndexerSettings(CommonSettings):
@@ -64,7 +77,8 @@ class IndexerSettings(CommonSettings):
     max_batch_docs: int = 1000
     max_doc_chars: int = 1_000_000
     snapshot_every: int = 20_000  # dense snapshot after this many chunk changes (SQLite replays the rest)
-    job_roots: list[Path] | None = None  # ingest jobs over HTTP may only read files under these folders
+    # ingest jobs over HTTP read only regular files under <data_dir>/imports and these folders
+    job_roots: list[Path] | None = None
 
 
 class CacheSettings(CommonSettings):
@@ -90,6 +104,11 @@ class CacheSettings(CommonSettings):
     )
     cache_use_prior: bool = True  # new entries decide with the namespace's pooled fit
     cache_min_similarity: float = 0.0  # adaptive: a nearest neighbour below this is a plain miss
+    # one feedback source (API key / client address) adds one observation per answer group and score bin
+    cache_source_bin: float = Field(0.02, ge=0, le=2, description="0 = every feedback counts")
+    cache_min_sources: int = Field(
+        1, ge=1, description="distinct feedback sources before adaptive evidence serves (1 = one trusted app)"
+    )
     cache_contrast_weight: float = Field(
         0.75, ge=0, le=2, description="adaptive: weight of the closest other answer's similarity (0 = off)"
     )
@@ -109,7 +128,10 @@ class GatewaySettings(CacheSettings):
     """Gateway: search pipeline, cache, and where the other services live."""
 
     embedder_url: str | None = None
-    indexer_url: str | None = None
+    indexer_url: str | None = None  # the shard map: comma-separated indexer URLs, shard 0 first
+    shard_timeout_s: float | None = None  # per shard call; None = 0.9 x retrieve_timeout_s
+    bm25_global_stats: bool = True  # sharded BM25 with collection-wide idf (one extra round trip)
+    shard_write_timeout_s: float = 300.0  # a write embeds its documents on the shard before it answers
     embed_timeout_s: float = 2.0
     rerank_timeout_s: float = 5.0
     search_timeout_s: float = 5.0
@@ -117,10 +139,16 @@ class GatewaySettings(CacheSettings):
     search_candidates: int = 100  # hits per retriever before fusion (default; per request: candidates)
     search_alpha: float = 0.5  # convex fusion weight of the dense list (untuned default)
     rerank_top_n: int = 20  # fused candidates sent to the cross-encoder
-    rerank_weight: float = Field(
-        default=0.1, ge=0.0, le=1.0, description="CE weight vs first stage; 1 = CE order"
+    rerank_weight: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="CE weight vs first stage for collections without a `dowse eval` choice; unset = "
+        "the built-in weight per first stage (gateway.search_defaults)",
     )
     rerank_model: str | None = None  # None = the embedder's default cross-encoder (ms-marco-l12)
+    # folders whose tables / plots the playground's Eval view shows; None = bench/results, <data_dir>/results
+    results_dirs: list[Path] | None = None
 
 
 class ServeSettings(EmbedderSettings, IndexerSettings, GatewaySettings):

@@ -50,6 +50,19 @@ def body_of(resp: httpx.Response) -> Any:
         return resp.text
 
 
+def parse_ok(parse: Any, resp: httpx.Response) -> Any:
+    """Parse a 2xx answer; a body that is not the documented shape raises ``APIError`` (type bad_response)."""
+    try:
+        return parse(resp.json())
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise errors.APIError(
+            f"unexpected response body: {type(exc).__name__}: {exc}",
+            status_code=resp.status_code,
+            type="bad_response",
+            body=resp.text[:2000],
+        ) from exc
+
+
 def should_retry(resp: httpx.Response, attempt: int, retry: RetryPolicy) -> float | None:
     """Seconds to wait before retrying this answer, or None to raise/return it."""
     if resp.status_code not in (429, 503) or attempt >= retry.max_retries:

@@ -19,6 +19,7 @@ from dowse_client._base import (
     error_for,
     log_write_failure,
     needs_write,
+    parse_ok,
     should_retry,
 )
 
@@ -81,7 +82,7 @@ class AsyncDowseClient(_Settings):
             except httpx.TransportError as exc:
                 raise errors.TransportError(f"{call.method} {call.path}: {exc}") from exc
             if resp.status_code < 400:
-                return call.parse(resp.json())
+                return parse_ok(call.parse, resp)
             wait = should_retry(resp, attempt, self.retry)
             if wait is None:
                 raise error_for(resp)
@@ -174,9 +175,9 @@ class AsyncDowseClient(_Settings):
         """Store a prompt/response pair (options: scope, metadata, ttl_s)."""
         return await self.send(c.cache_store(namespace, prompt, response, **options))
 
-    async def cache_feedback(self, lookup_id: str, response: str) -> t.CacheFeedback:
+    async def cache_feedback(self, namespace: str, lookup_id: str, response: str) -> t.CacheFeedback:
         """Report the fresh response for an explored (or missed) lookup."""
-        return await self.send(c.cache_feedback(lookup_id, response))
+        return await self.send(c.cache_feedback(namespace, lookup_id, response))
 
     async def cache_stats(self, namespace: str | None = None) -> dict[str, Any]:
         """Entries, lookups and exploit / explore / miss counts."""
@@ -201,7 +202,7 @@ class AsyncDowseClient(_Settings):
         fb = None
         if needs_write(lookup):
             try:
-                fb = await self.cache_feedback(lookup.lookup_id, fresh)
+                fb = await self.cache_feedback(namespace, lookup.lookup_id, fresh)
             except errors.NotFound:  # the lookup record expired: store the pair instead
                 await self._store_quietly(namespace, prompt, fresh, scope)
             except errors.DowseError as exc:

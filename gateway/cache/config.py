@@ -30,6 +30,12 @@ class CacheConfig:
     store_on_correct_explore: bool = True  # a correct explore is stored too (in the entry's group)
     duplicate_similarity: float = 0.9999  # ... unless it is this close to the entry
     min_similarity: float = 0.0  # adaptive: a neighbour below this is a miss
+    # one feedback source (API key, else client address) counts once per answer group and score bin of
+    # this width: repeating a confirmation adds no evidence (0 = off; in-process callers name no source)
+    source_bin: float = 0.02
+    # a group's fit and the namespace prior serve only on evidence from this many distinct sources
+    # (1 = off, the default of in-process callers; the HTTP service defaults to 2, see docs/cache.md)
+    min_sources: int = 1
     # adaptive: the policy models s - w * (best similarity of another answer group), see contrast_score;
     # 0 = plain similarity. Tuned on banking77 train only (bench/results/cache_tune.md).
     contrast_weight: float = 0.75

@@ -8,6 +8,8 @@ Keys (prefix ``dowse:cache``; namespaces are isolated by key prefix):
 - ``{p}:ns:{ns}:g:{grp}``        hash of an answer group: fit (JSON list), nobs, members, forever
 - ``{p}:ns:{ns}:go:{grp}``       list of the group's observations ``"s y"`` (TTL: the longest-lived member
                                  that got feedback; none once a member without TTL did)
+- ``{p}:ns:{ns}:gs:{grp}``       set of ``source hash|score bin`` tokens already counted for the group
+                                 (one observation per feedback source and bin, see feedback.py)
 - ``{p}:ns:{ns}:ids``            sorted set id -> created (eviction order, rebuild listing)
 - ``{p}:ns:{ns}:pobs``           list of the namespace's recent observations (pooled prior)
 - ``{p}:ns:{ns}:prior``          JSON list: the pooled fit
@@ -45,7 +47,10 @@ from gateway.cache.mirror import MirrorEntry
 from gateway.cache.policy import ThresholdFit
 
 PREFIX = "dowse:cache"
-NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+# always fullmatch; no ':' (the key separator: namespace "a" must never reach the keys of "a:b")
+NAMESPACE_RE = re.compile(r"\A[A-Za-z0-9_.\-]{1,128}\Z")
+# entry, lookup and answer group ids: server-made hex, checked wherever a client names one
+ID_RE = re.compile(r"\A[A-Za-z0-9_\-]{1,64}\Z")
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,10 @@ class Keys:
         """Observation list of an answer group."""
         return f"{self.ns(ns)}:go:{grp}"
 
+    def group_sources(self, ns: str, grp: str) -> str:
+        """Set of ``source|score bin`` tokens that already gave an observation to an answer group."""
+        return f"{self.ns(ns)}:gs:{grp}"
+
     def ids(self, ns: str) -> str:
         """Sorted set of entry ids by creation time."""
         return f"{self.ns(ns)}:ids"
@@ -121,9 +130,22 @@ def decode_fit(raw: Any) -> ThresholdFit | None:
     return ThresholdFit.from_list(json.loads(_s(raw)))
 
 
-def encode_obs(s: float, y: bool, contrast: float = 0.0) -> str:
-    """One observation as stored in the lists: score, label and the contrast weight of the score."""
-    return f"{s:.6f} {1 if y else 0} {float(contrast)!r}"
+def encode_obs(s: float, y: bool, contrast: float = 0.0, source: str = "") -> str:
+    """One observation as stored in the lists: score, label, the score's contrast weight, its source tag.
+
+    ``source`` is the hashed feedback source ('' = a trusted in-process caller); readers of the lists
+    that only fit scores ignore it."""
+    obs = f"{s:.6f} {1 if y else 0} {float(contrast)!r}"
+    return f"{obs} {source}" if source else obs
+
+
+def obs_sources(items: list[Any]) -> set[str]:
+    """Source tags of observations ('' for untagged: trusted callers and observations of older versions)."""
+    out: set[str] = set()
+    for it in items:
+        parts = _s(it).split()
+        out.add(parts[3] if len(parts) > 3 else "")
+    return out
 
 
 def decode_obs(items: list[Any], contrast: float | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -45,7 +45,7 @@ local n = redis.call('unlink', KEYS[1])
 if g and g ~= '' then
   local gk = ARGV[1] .. ':g:' .. g
   if redis.call('exists', gk) == 1 and redis.call('hincrby', gk, 'members', -1) <= 0 then
-    redis.call('unlink', gk, ARGV[1] .. ':go:' .. g)
+    redis.call('unlink', gk, ARGV[1] .. ':go:' .. g, ARGV[1] .. ':gs:' .. g)
   end
 end
 return n

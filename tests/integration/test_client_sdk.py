@@ -4,6 +4,7 @@ Dowse's own (raw HTTP), errors come back as each SDK's typed 422 / 429, jobs and
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,29 @@ def test_client_jobs_and_documents_round_trip(server: str, tmp_path: Path) -> No
         client.delete_collection("jobs")
         with pytest.raises(dc.NotFound):
             client.get_collection("jobs")
+
+
+def test_client_get_or_call_against_the_real_cache(server: str) -> None:
+    ns = f"goc-{uuid.uuid4().hex[:8]}"
+    calls: list[str] = []
+
+    def llm(answer: str) -> Any:
+        return lambda: calls.append(answer) or answer
+
+    with dc.DowseClient(server) as client:
+        first = client.get_or_call(ns, "How do I reset my password?", llm("Settings > Security."))
+        again = client.get_or_call(ns, "how can I reset my password", llm("Settings > Security."))
+        other = client.get_or_call(ns, "How do I reset my card PIN?", llm("Call your bank."))
+        stats = client.cache_stats(ns)
+        client.cache_delete_namespace(ns)
+    assert first.lookup.decision == "miss" and first.feedback is not None and first.feedback.stored_entry_id
+    # a new entry is explored: the LLM runs, and its answer judges the cached one (correct) ...
+    assert (
+        again.lookup.decision == "explore" and again.feedback is not None and again.feedback.correct is True
+    )
+    # ... or, for another question with another answer, wrong: the fresh pair is stored as a new entry
+    assert (
+        other.lookup.decision == "explore" and other.feedback is not None and other.feedback.correct is False
+    )
+    assert other.feedback.stored_entry_id and calls == ["Settings > Security."] * 2 + ["Call your bank."]
+    assert stats["feedback_correct"] == 1 and stats["feedback_wrong"] == 1 and stats["entries"] == 3

@@ -33,7 +33,8 @@ REQUESTS: list[dict[str, Any]] = [
     {"mode": "hybrid", "fusion": "rrf"},
     {"mode": "hybrid", "fusion": "convex", "alpha": 0.3, "normalization": "z-score"},
 ]
-RERANK = {"mode": "hybrid", "rerank": True, "rerank_top_n": 3, "top_k": 5}
+# an explicit weight: the served default for hybrid rrf is 0 (no cross-encoder call), see search_defaults
+RERANK = {"mode": "hybrid", "rerank": True, "rerank_top_n": 3, "top_k": 5, "rerank_weight": 0.5}
 # auth on: the gateway takes the admin key, the embedder and indexer roles only the service token
 ADMIN_KEY = "adm-" + "m" * 40
 SERVICE_TOKEN = "svc-" + "m" * 40

@@ -187,12 +187,15 @@ class FakeCache:
         return httpx.Response(200, json={"stored": True, "entry_id": "e3"})
 
 
+FEEDBACK_L1 = {"namespace": "ns", "lookup_id": "L1", "response": "fresh"}
+
+
 @pytest.mark.parametrize(
     ("decision", "from_cache", "writes"),
     [
         ("exploit", True, []),
-        ("explore", False, [("/v1/cache/feedback", {"lookup_id": "L1", "response": "fresh"})]),
-        ("miss", False, [("/v1/cache/feedback", {"lookup_id": "L1", "response": "fresh"})]),
+        ("explore", False, [("/v1/cache/feedback", FEEDBACK_L1)]),
+        ("miss", False, [("/v1/cache/feedback", FEEDBACK_L1)]),
     ],
 )
 def test_get_or_call_decisions(decision: str, from_cache: bool, writes: list[Any]) -> None:
@@ -246,3 +249,23 @@ def test_iter_job_yields_until_finished(monkeypatch: pytest.MonkeyPatch) -> None
     with _client(handler) as client:
         seen = [j.status for j in client.iter_job("c", "j1", poll_s=0)]
     assert seen == ["queued", "running", "running", "completed"]
+
+
+def test_async_client_has_every_sync_method_as_a_coroutine() -> None:
+    import inspect
+
+    def public(cls: type) -> set[str]:
+        return {n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
+
+    sync, asy = public(dc.DowseClient), public(dc.AsyncDowseClient)
+    assert sync - {"close"} == asy - {"aclose"}
+    for name in asy - {"iter_job"}:
+        assert inspect.iscoroutinefunction(getattr(dc.AsyncDowseClient, name)), name
+    assert inspect.isasyncgenfunction(dc.AsyncDowseClient.iter_job)
+
+
+def test_unexpected_success_body_is_a_typed_error() -> None:
+    client = _client(lambda _r: httpx.Response(200, text="<html>proxy login</html>"))
+    with client, pytest.raises(errors.APIError) as info:
+        client.search("c", "q")
+    assert info.value.type == "bad_response" and info.value.status_code == 200 and "proxy" in info.value.body

@@ -42,6 +42,7 @@ class FakeEmbedder:
         self.rerank_delay_s = 0.0
         self.calls: list[dict[str, Any]] = []
         self.rerank_calls: list[tuple[str, list[str]]] = []
+        self.rerank_priorities: list[str | None] = []
 
     async def embed(
         self,
@@ -52,6 +53,7 @@ class FakeEmbedder:
         instruction: str | None = None,
         dimensions: int | None = None,
         truncate: bool = True,
+        priority: str | None = None,
     ) -> EmbedResult:
         self.calls.append(
             {
@@ -60,6 +62,7 @@ class FakeEmbedder:
                 "prompt_name": prompt_name,
                 "instruction": instruction,
                 "dimensions": dimensions,
+                "priority": priority,
             }
         )
         if self.delay_s:
@@ -70,9 +73,16 @@ class FakeEmbedder:
         return EmbedResult(vectors=vecs, token_counts=[len(t.split()) for t in texts], model=model or "fake")
 
     async def rerank(
-        self, query: str, documents: list[str], *, model: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        model: str | None = None,
+        truncate: bool = True,
+        priority: str | None = None,
     ) -> list[float]:
         self.rerank_calls.append((query, documents))
+        self.rerank_priorities.append(priority)
         if self.rerank_delay_s:
             await asyncio.sleep(self.rerank_delay_s)
         if self.fail is not None:
@@ -95,6 +105,8 @@ class FakeIndexer:
         self.dense_delay_s = 0.0
         self.lexical_fail: Exception | None = None
         self.info_calls = 0
+        self.search_defaults: dict[str, Any] | None = None  # what `dowse eval` stored for the collection
+        self.model = "fake-model"
 
     def _check(self, name: str) -> None:
         if name != "sci":
@@ -118,7 +130,14 @@ class FakeIndexer:
     async def collection_info(self, name: str) -> dict[str, Any]:
         self.info_calls += 1
         self._check(name)
-        return {"name": name, "model": "fake-model", "dims": 16, "query_prompt": "query", "prompt": "passage"}
+        return {
+            "name": name,
+            "model": self.model,
+            "dims": 16,
+            "query_prompt": "query",
+            "prompt": "passage",
+            "search_defaults": self.search_defaults,
+        }
 
     async def search_dense(
         self,
