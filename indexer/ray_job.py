@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embedder.errors import DowseError
+from embedder.errors import DowseError, InvalidInput
 from indexer.chunking import Chunker, offsets_for_model, passage_text
 from indexer.errors import ManifestMismatch
 from indexer.ingest import Progress, count_records, detect_format, to_document
@@ -190,6 +190,12 @@ def run_ray_ingest(
     if prog.total is None:
         prog.total = count_records(path, fmt)
     man = coll.manifest
+    shards = int(getattr(man, "shards", 1))
+    if shards > 1:  # a data dir holds one shard: documents must go through the gateway
+        raise InvalidInput(
+            f"{man.name!r} is one shard of {shards}; index through the gateway with --indexer-url",
+            field="collection",
+        )
     if revision and man.revision and revision != man.revision:
         raise ManifestMismatch(
             f"the models here are revision {revision!r}; {man.name!r} pins {man.revision!r}",
