@@ -33,8 +33,13 @@ RESULTS = REPO / "bench" / "results"
 MODES = ("dense", "bm25", "hybrid")
 
 
-def load(limit: int | None) -> tuple[list[dict[str, str]], dict[str, str], dict[str, dict[str, int]]]:
-    """Corpus (optionally the first ``limit`` docs), test queries with judgements, qrels."""
+def load(
+    limit: int | None, docs: int | None
+) -> tuple[list[dict[str, str]], dict[str, str], dict[str, dict[str, int]]]:
+    """Corpus, test queries with judgements, qrels.
+
+    ``limit``: the first N corpus docs only. ``docs``: every document judged for a test query plus
+    corpus-order filler up to N (a smaller corpus on which nDCG still means something)."""
     from gateway.eval import load_beir
 
     ds = load_beir(DATA)
@@ -44,6 +49,11 @@ def load(limit: int | None) -> tuple[list[dict[str, str]], dict[str, str], dict[
             if line.strip():
                 d = json.loads(line)
                 corpus.append({"id": str(d["_id"]), "title": d.get("title") or "", "text": d["text"]})
+    if docs:
+        judged = {d for rel in ds.qrels.values() for d in rel}
+        filler = [d for d in corpus if d["id"] not in judged][: max(docs - len(judged), 0)]
+        keep = judged | {d["id"] for d in filler}
+        corpus = [d for d in corpus if d["id"] in keep]
     return (corpus[:limit] if limit else corpus), ds.queries, ds.qrels
 
 
@@ -54,7 +64,11 @@ def ingest(gw: str, name: str, shards: int, corpus: list[dict[str, str]], batch:
     t0 = time.perf_counter()
     for i in range(0, len(corpus), batch):
         part = corpus[i : i + batch]
-        r = httpx.post(f"{gw}/v1/collections/{name}/documents", json={"documents": part}, timeout=1200)
+        for attempt in range(3):  # writes are idempotent by id: a retry after a 5xx is safe
+            r = httpx.post(f"{gw}/v1/collections/{name}/documents", json={"documents": part}, timeout=1200)
+            if r.status_code < 500 or attempt == 2:
+                break
+            time.sleep(5)
         r.raise_for_status()
         assert r.json()["acknowledged"] == [d["id"] for d in part]
     return len(corpus) / (time.perf_counter() - t0)
@@ -77,6 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=int, default=3)
     ap.add_argument("--limit", type=int, default=None, help="first N corpus docs only (quick tries)")
+    ap.add_argument("--docs", type=int, default=None, help="judged docs + filler up to N (smaller corpus)")
     ap.add_argument("--queries", type=int, default=None, help="first N test queries only")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--base-port", type=int, default=18520)
@@ -89,7 +104,7 @@ def main() -> None:
     from services.cluster import LocalCluster, Proc
     from services.machine import describe
 
-    corpus, queries, qrels = load(args.limit)
+    corpus, queries, qrels = load(args.limit, args.docs)
     if args.queries:
         queries = dict(list(queries.items())[: args.queries])
     root = Path(tempfile.mkdtemp(prefix="dowse-shards-"))
