@@ -220,7 +220,7 @@ class SearchPipeline:
             model=info.get("model"),
             prompt_name=None if req.instruction else info.get("query_prompt", "query"),
             instruction=req.instruction,
-            dimensions=info.get("dims"),
+            dimensions=info.get("query_dims", info.get("dims")),  # rotating collections: full dims
         )
         try:
             res = await self._timed(aw, min(self.embed_timeout_s, self._remaining(timer)), timer, "embed")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from embedder.client import EmbedderClient
-from embedder.errors import DependencyFailed, DowseError, InvalidInput
+from embedder.errors import Conflict, DependencyFailed, DowseError, InvalidInput
 from indexer.chunking import Chunker, offsets_for_model, passage_text
 from indexer.client import Hit
 from indexer.collection import Collection
@@ -31,6 +31,7 @@ from indexer.errors import (
 from indexer.filters import compile_filters
 from indexer.jobs import IngestJobs
 from indexer.manifest import ANALYZERS, METRICS, IndexSpec, Manifest, validate_name
+from indexer.rotated import MAX_FUNNEL_M
 from indexer.store import PreparedDoc
 from indexer.validate import (
     MAX_QUERY_CHARS,
@@ -131,8 +132,13 @@ class IndexerService(IngestJobs):
         chunk_tokens: int | None = None,
         chunk_overlap: int | None = None,
         exist_ok: bool = False,
+        rotate: bool | None = None,
     ) -> dict[str, Any]:
-        """Create a collection pinned to ``model`` (revision, prompts and dims from the embedder)."""
+        """Create a collection pinned to ``model`` (revision, prompts and dims from the embedder).
+
+        ``rotate`` (default: ``dims`` < the model's dim): fit a per-collection PCA rotation, index its
+        leading ``dims`` and re-score shortlists at full dims (see :mod:`indexer.rotated`).
+        """
         validate_name(name)
         spec = IndexSpec.parse(index)
         if metric not in METRICS:
@@ -163,6 +169,12 @@ class IndexerService(IngestJobs):
             raise InvalidCollectionSpec(
                 "chunk_overlap must be in [0, chunk_tokens/2)", field="chunk_overlap", limit=chunk_tokens // 2
             )
+        if rotate is None:
+            rotate = dims < model_dim
+        if not isinstance(rotate, bool) or (rotate and dims >= model_dim):
+            raise InvalidCollectionSpec(
+                "rotate needs dims < the model's dim", field="rotate", limit=model_dim
+            )
         prompts = info.get("prompts") or {}
         manifest = Manifest(
             name=name,
@@ -177,6 +189,7 @@ class IndexerService(IngestJobs):
             analyzer=analyzer,
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
+            rotate=rotate,
         )
         async with self._create_lock:
             existing = self._collections.get(name)
@@ -203,6 +216,7 @@ class IndexerService(IngestJobs):
         """Manifest + stats of one collection."""
         coll = self._get(name)
         info = coll.manifest.to_dict()
+        info["query_dims"] = coll.manifest.store_dims  # what /search/dense wants (full dims when rotating)
         info["stats"] = await asyncio.to_thread(coll.stats)
         info["search_defaults"] = await asyncio.to_thread(coll.search_defaults)
         return info
@@ -289,18 +303,22 @@ class IndexerService(IngestJobs):
             batch = [texts[j] for j in order[i : i + self.embed_batch]]
             try:
                 res = await self.embedder.embed(
-                    batch, model=man.model, prompt_name=man.prompt, dimensions=man.dims, truncate=True
+                    batch,
+                    model=man.model,
+                    prompt_name=man.prompt,
+                    dimensions=man.store_dims,
+                    truncate=True,
                 )
             except DowseError:
                 raise
             except Exception as exc:
                 raise DependencyFailed(f"embedder failed: {type(exc).__name__}", field="embedder") from exc
             vec = np.asarray(res.vectors, dtype=np.float32)
-            if vec.shape != (len(batch), man.dims):
+            if vec.shape != (len(batch), man.store_dims):
                 raise ManifestMismatch(
-                    f"embedder returned shape {tuple(vec.shape)}, collection needs {man.dims} dims",
+                    f"embedder returned shape {tuple(vec.shape)}, collection needs {man.store_dims} dims",
                     field="dims",
-                    limit=man.dims,
+                    limit=man.store_dims,
                 )
             if res.model and name_alias(res.model) != name_alias(man.model):
                 raise ManifestMismatch(
@@ -310,8 +328,8 @@ class IndexerService(IngestJobs):
                 )
             parts.append(vec)
         if not parts:
-            return np.zeros((0, man.dims), np.float32)
-        out = np.empty((len(texts), man.dims), np.float32)
+            return np.zeros((0, man.store_dims), np.float32)
+        out = np.empty((len(texts), man.store_dims), np.float32)
         out[order] = np.concatenate(parts)
         return out
 
@@ -359,8 +377,13 @@ class IndexerService(IngestJobs):
         filters: dict[str, Any] | None = None,
         per_chunk: bool = False,
         texts: int | None = None,
+        funnel_m: int | None = None,
     ) -> list[Hit]:
         """Top-k by vector similarity; ``vector`` must have the collection's dims.
+
+        A rotating collection takes full model-dim vectors (rotated here, shortlisted in ``dims`` and the
+        top ``funnel_m`` re-scored at full dims) or ``dims``-dim vectors already rotated (``/v1/embeddings``
+        with ``collection``), searched in ``dims`` only.
 
         ``texts``: how many leading hits carry title/text/metadata (None: all; the gateway asks only for
         the few it shows or reranks).
@@ -372,11 +395,19 @@ class IndexerService(IngestJobs):
             q = np.asarray(vector, dtype=np.float32).reshape(-1)
         except (TypeError, ValueError):
             raise InvalidInput("vector must be a list of numbers", field="vector") from None
-        if q.shape[0] != coll.manifest.dims:
+        man = coll.manifest
+        ok_dims = {man.store_dims, man.dims} if coll.rotation is not None else {man.store_dims}
+        if q.shape[0] not in ok_dims:
             raise InvalidInput(
-                f"vector has {q.shape[0]} dims, collection {name!r} has {coll.manifest.dims}",
+                f"vector has {q.shape[0]} dims, collection {name!r} takes {sorted(ok_dims)}",
                 field="vector",
-                limit=coll.manifest.dims,
+                limit=man.store_dims,
+            )
+        if funnel_m is not None and (
+            isinstance(funnel_m, bool) or not isinstance(funnel_m, int) or not 0 <= funnel_m <= MAX_FUNNEL_M
+        ):
+            raise InvalidInput(
+                f"funnel_m must be an integer in [0, {MAX_FUNNEL_M}]", field="funnel_m", limit=MAX_FUNNEL_M
             )
         if not np.all(np.isfinite(q)):
             raise InvalidInput("vector values must be finite", field="vector")
@@ -386,7 +417,34 @@ class IndexerService(IngestJobs):
                 raise InvalidInput("vector must be non-zero for cosine similarity", field="vector")
             q = q / norm
         check_texts(texts)
-        return await asyncio.to_thread(coll.search_dense, q, k, filters, per_chunk, None, texts)
+        return await asyncio.to_thread(coll.search_dense, q, k, filters, per_chunk, None, texts, funnel_m)
+
+    # ---- rotation -----------------------------------------------------------------------------
+    async def rotation_info(self, name: str) -> dict[str, Any]:
+        """The serving rotation of a collection (version 0: none fitted yet, full dims)."""
+        coll = self._get(name)
+        return await asyncio.to_thread(coll.rotation_info)
+
+    async def refit_rotation(self, name: str) -> dict[str, Any]:
+        """Re-fit the collection's rotation on its current vectors; atomic swap (old serves on failure)."""
+        coll = self._get(name)
+        if not coll.manifest.rotate:
+            raise InvalidCollectionSpec(f"collection {name!r} does not rotate", field="collection")
+        try:
+            return await asyncio.to_thread(coll.refit)
+        except LookupError as exc:
+            raise Conflict(f"too few vectors to fit a rotation: {exc}", field="collection") from None
+
+    async def rotate_vectors(self, name: str, vecs: np.ndarray, dims: int) -> np.ndarray:
+        """Full-dim vectors -> collection ``name``'s rotated leading ``dims`` (for /v1/embeddings)."""
+        coll = self._get(name)
+        if coll.rotation is None:
+            raise InvalidInput(
+                f"collection {name!r} has no rotation fitted yet",
+                field="collection",
+                limit=coll.manifest.dims,
+            )
+        return await asyncio.to_thread(coll.rotate_vectors, vecs, dims)
 
     async def search_lexical(
         self,
@@ -418,5 +476,15 @@ def name_alias(model: str) -> str:
 
 
 def _same_config(a: Manifest, b: Manifest) -> bool:
-    keys = ("model", "revision", "dims", "metric", "index", "analyzer", "chunk_tokens", "chunk_overlap")
+    keys = (
+        "model",
+        "revision",
+        "dims",
+        "metric",
+        "index",
+        "analyzer",
+        "chunk_tokens",
+        "chunk_overlap",
+        "rotate",
+    )
     return all(getattr(a, k) == getattr(b, k) for k in keys)

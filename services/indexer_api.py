@@ -43,6 +43,11 @@ class CollectionCreate(BaseModel):
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
     exist_ok: bool = False
+    rotate: bool | None = Field(
+        default=None,
+        description="fit a per-collection PCA rotation and funnel-rescore at full dims "
+        "(default: dims < the model's dim)",
+    )
 
 
 class DocumentIn(BaseModel):
@@ -82,6 +87,8 @@ class DenseSearch(BaseModel):
     per_chunk: bool = False
     # how many leading hits carry title/text/metadata (null: all; the rest: ids and scores only)
     texts: int | None = Field(default=None, ge=0, le=MAX_K)
+    # rotated collections, full-dim query: shortlist candidates re-scored at full dims (null: 100, 0: none)
+    funnel_m: int | None = None
 
 
 class LexicalSearch(BaseModel):
@@ -138,6 +145,7 @@ async def create_collection(body: CollectionCreate, request: Request) -> dict[st
         analyzer=body.analyzer,
         chunk_tokens=body.chunk_tokens,
         chunk_overlap=body.chunk_overlap,
+        rotate=body.rotate,
         exist_ok=body.exist_ok,
     )
 
@@ -209,8 +217,22 @@ async def search_dense(name: str, body: DenseSearch, request: Request) -> dict[s
     else:
         vec = body.vector
     return _hits(
-        await _svc(request).search_dense(name, vec, body.k, body.filters, body.per_chunk, texts=body.texts)
+        await _svc(request).search_dense(
+            name, vec, body.k, body.filters, body.per_chunk, texts=body.texts, funnel_m=body.funnel_m
+        )
     )
+
+
+@router.get("/{name}/rotation")
+async def rotation_info(name: str, request: Request) -> dict[str, Any]:
+    """The collection's serving rotation (version 0: not fitted yet, the index serves full dims)."""
+    return await _svc(request).rotation_info(name)
+
+
+@router.post("/{name}/rotation/refit")
+async def refit_rotation(name: str, request: Request) -> dict[str, Any]:
+    """Re-fit the PCA rotation on the collection's current vectors and swap it in atomically."""
+    return await _svc(request).refit_rotation(name)
 
 
 @router.post("/{name}/search/lexical")
