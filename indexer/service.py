@@ -399,7 +399,8 @@ class IndexerService(IngestJobs):
         ok_dims = {man.store_dims, man.dims} if coll.rotation is not None else {man.store_dims}
         if q.shape[0] not in ok_dims:
             raise InvalidInput(
-                f"vector has {q.shape[0]} dims, collection {name!r} takes {sorted(ok_dims)}",
+                f"vector has {q.shape[0]} dims, collection {name!r} has "
+                + " or ".join(str(d) for d in sorted(ok_dims, reverse=True)),
                 field="vector",
                 limit=man.store_dims,
             )
