@@ -1,4 +1,4 @@
-"""Matryoshka dims bench: per-collection PCA rotation + funnel search on SciFact (quality, memory) and 1M (QPS).
+"""Matryoshka dims bench: per-collection PCA rotation + funnel search: SciFact quality / memory, QPS."""
 
     .venv/bin/python bench/dims.py --part embed --model minilm     # cache corpus/query vectors (slow, once)
     .venv/bin/python bench/dims.py --part quality --model minilm   # nDCG@10 + bytes/vector table
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -67,6 +66,164 @@ def part_embed(model: str) -> None:
     print("cached", dpath, qpath)
 
 
+def _queries(model: str, qids: list[str], queries: dict[str, str]) -> np.ndarray:
+    """Full-dim test-query vectors (cached)."""
+    from embedder.service import EmbeddingService
+
+    path = CACHE / f"{model}-queries.npy"
+    if not path.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        svc = EmbeddingService(REPO / ".cache" / "models", [model], default_model=model, batching=False)
+        np.save(path, svc.encode([queries[q] for q in qids], model=model, prompt_name="query"))
+    return np.load(path)
+
+
+def _docs(model: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(chunk vectors, their document ids, source): served chunks if exported, else whole documents."""
+    served = CACHE / f"{model}-served-chunks.npy"
+    if served.is_file():
+        ids = np.load(CACHE / f"{model}-served-chunk-docids.npy")
+        return np.load(served), ids, "served chunks (256 tokens, passage_text) of a `dowse index` collection"
+    _, corpus, _ = load_scifact()
+    return np.load(CACHE / f"{model}-docs.npy"), np.asarray(list(corpus)), "whole documents"
+
+
+def _build(
+    root: Path, vecs: np.ndarray, doc_ids: np.ndarray, dims: int, rotate: bool, code: str | None
+) -> Any:
+    """A real Collection holding ``vecs`` (chunk rows grouped by document), written in one batch."""
+    import shutil
+
+    from indexer.collection import Collection
+    from indexer.manifest import IndexSpec, Manifest
+    from indexer.store import PreparedDoc
+
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    model_dim = vecs.shape[1]
+    man = Manifest(
+        name="b",
+        model="m",
+        revision="r",
+        dims=dims,
+        model_dim=model_dim,
+        rotate=rotate,
+        index=IndexSpec(type="flat", code=code),
+    )
+    man.save(root / "manifest.json")
+    coll = Collection(root, man, snapshot_every=10**9)
+    coll.open()
+    if not rotate and dims < model_dim:  # raw truncation: what `dimensions` did before rotations
+        vecs = vecs[:, :dims] / np.linalg.norm(vecs[:, :dims], axis=1, keepdims=True)
+    groups: dict[str, list[int]] = {}
+    for i, d in enumerate(doc_ids):
+        groups.setdefault(str(d), []).append(i)
+    docs = [
+        PreparedDoc(d, "", "x", "{}", [(j, 0, 1) for j in range(len(rows))], vecs[rows])
+        for d, rows in groups.items()
+    ]
+    coll.write(docs)
+    return coll
+
+
+def _ndcg(
+    coll: Any, qvecs: np.ndarray, qids: list[str], qrels: dict, dims: int, funnel_m: int | None
+) -> float:
+    import pytrec_eval
+
+    run = {}
+    for qid, q in zip(qids, qvecs, strict=True):
+        qq = q if coll.manifest.rotate or dims == len(q) else q[:dims] / np.linalg.norm(q[:dims])
+        hits = coll.search_dense(qq, 10, funnel_m=funnel_m, texts=0)
+        run[qid] = {h.id: float(h.score) for h in hits}
+    ev = pytrec_eval.RelevanceEvaluator({q: qrels[q] for q in qids}, {"ndcg_cut.10"})
+    return float(np.mean([r["ndcg_cut_10"] for r in ev.evaluate(run).values()]))
+
+
+def _centring(vecs: np.ndarray, doc_ids: np.ndarray, qvecs: np.ndarray, qids: list[str], qrels: dict) -> dict:
+    """nDCG@10 of rotated truncation, centred vs uncentred PCA, fit on a 2,000-chunk subset (numpy only)."""
+    import pytrec_eval
+
+    from indexer import rotation
+
+    rng = np.random.default_rng(0)
+    sub = vecs[rng.choice(len(vecs), min(2000, len(vecs)), replace=False)]
+    out: dict[str, dict[str, float]] = {}
+    for centred in (True, False):
+        rot = rotation.fit(sub, 1, centred=centred)
+        for d in (64, 128):
+            dv, qv = rot.truncate(vecs, d, True), rot.truncate(qvecs, d, True)
+            s = qv @ dv.T
+            run: dict[str, dict[str, float]] = {}
+            for qi, qid in enumerate(qids):
+                best: dict[str, float] = {}
+                for j in np.argsort(-s[qi])[:200]:
+                    best.setdefault(str(doc_ids[j]), float(s[qi, j]))
+                run[qid] = best
+            ev = pytrec_eval.RelevanceEvaluator({q: qrels[q] for q in qids}, {"ndcg_cut.10"})
+            ndcg = float(np.mean([r["ndcg_cut_10"] for r in ev.evaluate(run).values()]))
+            out.setdefault("centred" if centred else "uncentred", {})[str(d)] = round(ndcg, 4)
+    return out
+
+
+def part_quality(model: str) -> dict[str, Any]:
+    """nDCG@10 and bytes/vector: full, raw truncation, rotated, rotated + funnel (real Collections)."""
+    queries, _, qrels = load_scifact()
+    qids = [q for q in queries if q in qrels]
+    qvecs = _queries(model, qids, queries)
+    vecs, doc_ids, source = _docs(model)
+    full_dim = vecs.shape[1]
+    root = CACHE / "colls"
+    rows = []
+    configs = [("full", full_dim, False, None, None)]
+    for d in (128, 64):
+        configs += [
+            (f"raw {d}", d, False, None, None),
+            (f"rotated {d}", d, True, None, 0),
+            (f"rotated {d} + funnel top 100", d, True, None, 100),
+            (f"rotated {d} sq8 + funnel top 100", d, True, "sq8", 100),
+        ]
+    for label, d, rotate, code, funnel_m in configs:
+        coll = _build(root / "c", vecs, doc_ids, d, rotate, code)
+        dense_b = coll.dense.bytes_per_vector()
+        funnel_b = coll.funnel.nbytes_per_vector() if (coll.funnel is not None and funnel_m) else 0.0
+        rows.append(
+            {
+                "config": label,
+                "dims": d,
+                "funnel_m": funnel_m,
+                "ndcg10": round(_ndcg(coll, qvecs, qids, qrels, d, funnel_m), 4),
+                "index_bytes_per_vector": round(dense_b, 1),
+                "funnel_bytes_per_vector": funnel_b,
+                "total_bytes_per_vector": round(dense_b + funnel_b, 1),
+                "rotation_version": coll.manifest.rotation_version,
+            }
+        )
+        coll.close()
+        print(rows[-1], flush=True)
+    full = rows[0]
+    for r in rows:
+        r["ndcg10_vs_full"] = round(r["ndcg10"] / full["ndcg10"], 4)
+        r["memory_vs_full"] = round(r["total_bytes_per_vector"] / full["total_bytes_per_vector"], 4)
+    return {
+        "model": model,
+        "vectors": source,
+        "n_vectors": int(len(vecs)),
+        "queries": len(qids),
+        "table": rows,
+        "centring_2000_chunk_fit": _centring(vecs, doc_ids, qvecs, qids, qrels),
+    }
+
+
+def merge(key: str, value: Any) -> dict[str, Any]:
+    """Merge one part's result into bench/results/dims.json."""
+    path = RESULTS / "dims.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[key] = value
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=("embed", "quality", "qps"), required=True)
@@ -74,6 +231,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.part == "embed":
         part_embed(args.model)
+    elif args.part == "quality":
+        merge(f"quality_{args.model}", part_quality(args.model))
 
 
 if __name__ == "__main__":
