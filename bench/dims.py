@@ -1,4 +1,4 @@
-"""Matryoshka dims bench: per-collection PCA rotation + funnel search: SciFact quality / memory, QPS."""
+"""Matryoshka dims bench: per-collection PCA rotation + funnel search: SciFact quality / memory, QPS.
 
     .venv/bin/python bench/dims.py --part embed --model minilm     # cache corpus/query vectors (slow, once)
     .venv/bin/python bench/dims.py --part quality --model minilm   # nDCG@10 + bytes/vector table
