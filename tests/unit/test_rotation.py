@@ -249,3 +249,38 @@ async def test_rotate_needs_smaller_dims(tmp_path: Path) -> None:
         await svc.create_collection("z", model="fake", dims=D)
         await svc.refit_rotation("z")  # empty: too few vectors
     await svc.close()
+
+
+async def test_rotation_routes(tmp_path: Path) -> None:
+    import httpx
+    from fastapi import FastAPI
+
+    from services import indexer_api
+    from services.errors import install_error_handlers
+
+    svc = IndexerService(tmp_path, FakeEmbedder())
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(indexer_api.router)
+    app.state.indexer_service = svc
+    await svc.open()
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.post("/v1/collections", json={"name": "r", "model": "fake", "dims": 8})
+        assert r.status_code == 201 and r.json()["rotate"] is True, r.text
+        r = await c.post("/v1/collections/r/rotation/refit")
+        assert r.status_code == 409 and r.json()["error"]["field"] == "collection"  # empty: nothing to fit
+        docs = [{"id": f"d{i}", "text": f"tok{i} alpha beta gamma {i % 7}"} for i in range(20)]
+        assert (await c.post("/v1/collections/r/documents", json={"documents": docs})).status_code == 200
+        r = await c.get("/v1/collections/r/rotation")
+        assert r.status_code == 200 and r.json()["version"] == 1 and r.json()["index_dims"] == 8
+        r = await c.post("/v1/collections/r/rotation/refit")
+        assert r.status_code == 200 and r.json()["version"] == 2, r.text
+        q = [0.1] * 32
+        r = await c.post("/v1/collections/r/search/dense", json={"vector": q, "k": 3, "funnel_m": 50})
+        assert r.status_code == 200 and len(r.json()["hits"]) == 3
+        r = await c.post("/v1/collections/r/search/dense", json={"vector": q, "k": 3, "funnel_m": 10**6})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "funnel_m"
+        r = await c.get("/v1/collections/nope/rotation")
+        assert r.status_code == 404
+    await svc.close()
