@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -215,6 +216,105 @@ def part_quality(model: str) -> dict[str, Any]:
     }
 
 
+def part_qps(n: int, rounds: int) -> dict[str, Any]:
+    """Dense QPS on ``n`` synthetic vectors: full-dim HNSW vs the 64-d HNSW funnel (top 100 at full dims).
+
+    Vectors are drawn from a Gaussian with the mean and covariance of MiniLM's SciFact chunk vectors, then
+    normalised (memory / QPS only: quality on them means nothing). Queries: the 300 real test queries.
+    Serving classes throughout (DenseIndex, FunnelStore, RotatedMixin._funnel_candidates); one search
+    thread, like one request; rounds interleaved with alternating order.
+    """
+    from types import SimpleNamespace
+
+    import faiss
+
+    from indexer import rotation
+    from indexer.dense import DenseIndex
+    from indexer.funnel import FunnelStore
+    from indexer.manifest import IndexSpec
+    from indexer.rotated import RotatedMixin
+
+    src, _, _ = _docs("minilm")
+    queries, _, qrels = load_scifact()
+    qvecs = _queries("minilm", [q for q in queries if q in qrels], queries)
+    rng = np.random.default_rng(0)
+    mean, cov = src.mean(axis=0), np.cov(src.T)
+    chol = np.linalg.cholesky(cov + 1e-6 * np.eye(len(mean)))
+    x = np.empty((n, src.shape[1]), np.float32)
+    for i in range(0, n, 100_000):
+        part = mean + rng.standard_normal((min(100_000, n - i), len(mean))) @ chol.T
+        x[i : i + len(part)] = part / np.linalg.norm(part, axis=1, keepdims=True)
+    ids = np.arange(n, dtype=np.int64)
+    spec = IndexSpec(type="hnsw")
+    t0 = time.perf_counter()
+    full = DenseIndex(x.shape[1], "cosine", spec)
+    full.rebuild([(ids, x)], n)
+    build_full = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rot = rotation.fit(x[:200_000], 1)
+    store = FunnelStore(x.shape[1])
+    low = np.empty((n, 64), np.float32)
+    for i in range(0, n, 100_000):
+        r = rot.apply(x[i : i + 100_000])
+        if i == 0:
+            store.train(r)
+        store.add(ids[i : i + 100_000], r)
+        low[i : i + len(r)] = rot.truncate(x[i : i + 100_000], 64, True)
+    small = DenseIndex(64, "cosine", spec)
+    small.rebuild([(ids, low)], n)
+    build_funnel = time.perf_counter() - t0
+    del low
+    coll = SimpleNamespace(
+        rotation=rot, funnel=store, dense=small, manifest=SimpleNamespace(dims=64, metric="cosine")
+    )
+
+    def run_full() -> list[np.ndarray]:
+        return [full.search(q, 10)[0] for q in qvecs]
+
+    def run_funnel() -> list[np.ndarray]:
+        return [RotatedMixin._funnel_candidates(coll, q, 10, None, None, 100)[0] for q in qvecs]  # type: ignore[arg-type]
+
+    faiss.omp_set_num_threads(1)
+    qps: dict[str, list[float]] = {"full_hnsw": [], "funnel_64_hnsw_top100": []}
+    results: dict[str, list[np.ndarray]] = {}
+    for r in range(rounds):
+        order = [("full_hnsw", run_full), ("funnel_64_hnsw_top100", run_funnel)]
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            results[name] = fn()
+            qps[name].append(len(qvecs) / (time.perf_counter() - t0))
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    flat = faiss.IndexFlatIP(x.shape[1])
+    flat.add(x)
+    _, truth = flat.search(qvecs, 10)
+    recall = {
+        name: float(np.mean([len(set(t) & set(g.tolist())) / 10 for t, g in zip(truth, got, strict=True)]))
+        for name, got in results.items()
+    }
+    ratio = [a / b for a, b in zip(qps["funnel_64_hnsw_top100"], qps["full_hnsw"], strict=True)]
+    return {
+        "n_vectors": n,
+        "vectors": "synthetic: Gaussian fit (mean, covariance) of MiniLM SciFact chunk vectors, normalised",
+        "queries": len(qvecs),
+        "rounds": rounds,
+        "hnsw": {"M": spec.M, "ef_construction": spec.ef_construction, "ef_search": spec.ef_search},
+        "qps": {k: summary(v) for k, v in qps.items()},
+        "funnel_over_full_qps": summary(ratio),
+        "recall_at_10_vs_exact_full": recall,
+        "bytes_per_vector": {
+            "full_hnsw": round(full.bytes_per_vector(), 1),
+            "funnel_64_hnsw": round(small.bytes_per_vector(), 1),
+            "funnel_sq8_store": store.nbytes_per_vector(),
+        },
+        "build_seconds": {"full_hnsw": round(build_full, 1), "funnel": round(build_funnel, 1)},
+    }
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    """Median and spread."""
+    return {"median": round(statistics.median(xs), 3), "min": round(min(xs), 3), "max": round(max(xs), 3)}
+
+
 def merge(key: str, value: Any) -> dict[str, Any]:
     """Merge one part's result into bench/results/dims.json."""
     path = RESULTS / "dims.json"
@@ -228,11 +328,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=("embed", "quality", "qps"), required=True)
     ap.add_argument("--model", default="minilm")
+    ap.add_argument("--n", type=int, default=1_000_000, help="vectors for --part qps")
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     if args.part == "embed":
         part_embed(args.model)
     elif args.part == "quality":
         merge(f"quality_{args.model}", part_quality(args.model))
+    elif args.part == "qps":
+        merge(f"qps_{args.n}", part_qps(args.n, args.rounds))
 
 
 if __name__ == "__main__":

@@ -82,11 +82,21 @@ class FunnelStore:
 
     def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids present, their decoded float32 full-dim vectors)."""
-        rows = [(int(c), r) for c in np.asarray(ids, np.int64) if (r := self._row.get(int(c))) is not None]
-        if not rows:
-            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
-        got = np.asarray([c for c, _ in rows], np.int64)
-        return got, self.decode(self.codes[[r for _, r in rows]])
+        ids = np.asarray(ids, np.int64)
+        get = self._row.get
+        rows = np.fromiter((get(c, -1) for c in ids.tolist()), np.int64, len(ids))
+        keep = rows >= 0
+        return ids[keep], self.decode(self.codes[rows[keep]])
+
+    def inner_products(self, ids: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids present, q . decoded vector) without materialising the decoded vectors."""
+        ids = np.asarray(ids, np.int64)
+        get = self._row.get
+        rows = np.fromiter((get(c, -1) for c in ids.tolist()), np.int64, len(ids))
+        keep = rows >= 0
+        qf = np.asarray(q, np.float32)
+        scores = self.codes[rows[keep]].astype(np.float32) @ (qf * self.scale) + float(qf @ self.vmin)
+        return ids[keep], scores
 
     def nbytes_per_vector(self) -> float:
         """Bytes per live vector held in memory (codes + id), excluding the id -> row dict."""

@@ -220,8 +220,11 @@ class RotatedMixin:
         cids, low = self.dense.search(ql, max(n, m), allowed, None, ef_search)
         if m == 0 or len(cids) == 0:  # funnel_m = 0: low-dim scores only
             return cids[:n], low[:n]
-        got, vecs = funnel.vectors(cids)  # the whole shortlist: max(n, M) candidates
-        qf = rot.apply(q.reshape(1, -1))[0]
-        full = -((vecs - qf) ** 2).sum(1) if self.manifest.metric == "l2" else vecs @ qf
+        qf = rot.apply(q.reshape(1, -1))[0]  # the whole shortlist, max(n, M) candidates, at full dims
+        if self.manifest.metric == "l2":
+            got, vecs = funnel.vectors(cids)
+            full = -((vecs - qf) ** 2).sum(1)
+        else:
+            got, full = funnel.inner_products(cids, qf)
         order = np.argsort(-full, kind="stable")[:n]
         return got[order].astype(np.int64), full[order].astype(np.float32)

@@ -82,6 +82,10 @@ def test_funnel_store_sq8_error_bound(tmp_path: Path) -> None:
     got, dec = fs.vectors(np.asarray([4, 5, 7]))
     assert got.tolist() == [4, 7]
     assert np.all(np.abs(dec - x[[4, 7]]) <= fs.scale / 2 + 1e-6)  # half a quantisation step per dim
+    q = x[0]
+    ids_ip, ip = fs.inner_products(np.asarray([4, 5, 7]), q)
+    assert ids_ip.tolist() == [4, 7]
+    np.testing.assert_allclose(ip, dec @ q, atol=1e-5)  # same decoded values, summed in another order
     fs.save(tmp_path)
     back = FunnelStore.load(tmp_path)
     assert len(back) == 998
