@@ -184,6 +184,7 @@ def part_quality(model: str) -> dict[str, Any]:
             (f"rotated {d} + funnel top 100", d, True, None, 100),
             (f"rotated {d} sq8 + funnel top 100", d, True, "sq8", 100),
         ]
+    configs += [(f"rotated 64 sq8 + funnel top {m}", 64, True, "sq8", m) for m in (50, 200)]
     for label, d, rotate, code, funnel_m in configs:
         coll = _build(root / "c", vecs, doc_ids, d, rotate, code)
         dense_b = coll.dense.bytes_per_vector()
@@ -321,12 +322,74 @@ def merge(key: str, value: Any) -> dict[str, Any]:
     data = json.loads(path.read_text()) if path.is_file() else {}
     data[key] = value
     path.write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / "dims.md").write_text(render(data))
     return data
+
+
+def render(data: dict[str, Any]) -> str:
+    """bench/results/dims.md from dims.json."""
+    out = ["# Matryoshka dims: per-collection PCA rotation + funnel search", ""]
+    for key in sorted(k for k in data if k.startswith("quality_")):
+        q = data[key]
+        full = q["table"][0]
+        out += [
+            f"#### SciFact test nDCG@10, {q['model']} ({q['n_vectors']} vectors: {q['vectors']}; "
+            f"{q['queries']} queries; dense only, exact flat search)",
+            "",
+            "| config | nDCG@10 | vs full | index B/vec | funnel SQ8 B/vec | total B/vec | memory vs full |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in q["table"]:
+            out.append(
+                f"| {r['config']} | {r['ndcg10']:.4f} | {r['ndcg10_vs_full']:.2%} | "
+                f"{r['index_bytes_per_vector']:.0f} | {r['funnel_bytes_per_vector']:.0f} | "
+                f"{r['total_bytes_per_vector']:.0f} | {r['memory_vs_full']:.1%} |"
+            )
+        c = q["centring_2000_chunk_fit"]
+        out += [
+            "",
+            f"Full-dim nDCG@10 {full['ndcg10']:.4f}. Centred vs uncentred PCA (fit on 2,000 chunks): "
+            + ", ".join(f"{d} dims {c['centred'][d]:.4f} vs {c['uncentred'][d]:.4f}" for d in c["centred"])
+            + " (centred is the default).",
+            "",
+        ]
+    for key in sorted(k for k in data if k.startswith("qps_")):
+        r = data[key]
+        h = r["hnsw"]
+        b = r["bytes_per_vector"]
+        out += [
+            f"#### Dense QPS, {r['n_vectors']:,} vectors ({r['vectors']}; memory / QPS only), "
+            f"{r['queries']} queries, 1 search thread, {r['rounds']} interleaved rounds",
+            "",
+            "| index | QPS median (min-max) | recall@10 vs exact full-dim | bytes/vector | build s |",
+            "|---|---|---|---|---|",
+        ]
+        for name, label, mem in (
+            (
+                "full_hnsw",
+                f"full-dim HNSW M={h['M']} efC={h['ef_construction']} ef={h['ef_search']}",
+                b["full_hnsw"],
+            ),
+            (
+                "funnel_64_hnsw_top100",
+                "64-d HNSW (ef=100) + SQ8 full-dim rescoring of top 100",
+                b["funnel_64_hnsw"] + b["funnel_sq8_store"],
+            ),
+        ):
+            qs = r["qps"][name]
+            build = r["build_seconds"]["full_hnsw" if name == "full_hnsw" else "funnel"]
+            out.append(
+                f"| {label} | {qs['median']:.0f} ({qs['min']:.0f}-{qs['max']:.0f}) | "
+                f"{r['recall_at_10_vs_exact_full'][name]:.4f} | {mem:.0f} | {build} |"
+            )
+        f = r["funnel_over_full_qps"]
+        out += ["", f"Funnel / full QPS per round: {f['median']:.2f} ({f['min']:.2f}-{f['max']:.2f}).", ""]
+    return "\n".join(out).rstrip() + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("embed", "quality", "qps"), required=True)
+    ap.add_argument("--part", choices=("embed", "quality", "qps", "render"), required=True)
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--n", type=int, default=1_000_000, help="vectors for --part qps")
     ap.add_argument("--rounds", type=int, default=5)
@@ -335,6 +398,8 @@ def main() -> None:
         part_embed(args.model)
     elif args.part == "quality":
         merge(f"quality_{args.model}", part_quality(args.model))
+    elif args.part == "render":
+        (RESULTS / "dims.md").write_text(render(json.loads((RESULTS / "dims.json").read_text())))
     elif args.part == "qps":
         merge(f"qps_{args.n}", part_qps(args.n, args.rounds))
 
