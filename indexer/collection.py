@@ -187,13 +187,14 @@ class Collection(RotatedMixin):
         ef_search: int | None = None,
         texts: int | None = None,
         funnel_m: int | None = None,
+        funnel_dims: int | None = None,
     ) -> list[Hit]:
         """Top-k by vector similarity; per document (best chunk) unless ``per_chunk``.
 
         ``texts``: how many leading hits carry title/text/metadata (None: all); the others carry ids,
         scores and chunk numbers only, which keeps reading 100 candidates' documents off the hot path.
         ``funnel_m``: on a rotated collection queried with a full-dim vector, how many shortlist candidates
-        are re-scored at full dims (None: 100; 0: none).
+        are re-scored at full dims (None: 100; 0: none); ``funnel_dims``: shortlist on fewer leading dims.
         """
         q = np.asarray(vector, np.float32).reshape(-1)
         with self.lock.read():
@@ -203,7 +204,7 @@ class Collection(RotatedMixin):
                 return []
             n = k if per_chunk else min(total, 2 * k)
             while True:
-                cids, scores = self._dense_candidates(q, n, allowed, ef_search, funnel_m)
+                cids, scores = self._dense_candidates(q, n, allowed, ef_search, funnel_m, funnel_dims)
                 hits = self._chunk_hits(cids, scores, k, per_chunk, texts)
                 if len(hits) >= k or n >= total:
                     return hits
@@ -216,13 +217,14 @@ class Collection(RotatedMixin):
         allowed: tuple[np.ndarray, np.ndarray] | None,
         ef_search: int | None,
         funnel_m: int | None = None,
+        funnel_dims: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         rescorer = self.store.embeddings
         if self.rotation is not None and q.shape[0] != self.dense.dims:  # full-dim query: funnel search
             if allowed is not None and len(allowed[0]) <= EXACT_SUBSET_MAX:
                 return self.dense.exact_scores(q, allowed[0], rescorer, n)  # full-dim, from SQLite
             subset = None if allowed is None else allowed[0]
-            cids, scores = self._funnel_candidates(q, n, subset, ef_search, funnel_m)
+            cids, scores = self._funnel_candidates(q, n, subset, ef_search, funnel_m, funnel_dims)
             if subset is not None and len(cids) < min(n, len(subset)):
                 return self.dense.exact_scores(q, subset, rescorer, n)
             return cids, scores

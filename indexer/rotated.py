@@ -211,12 +211,20 @@ class RotatedMixin:
         allowed: np.ndarray | None,
         ef_search: int | None,
         funnel_m: int | None,
+        funnel_dims: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Shortlist ``max(n, M)`` in the index's rotated dims, re-score them at full dims (SQ8)."""
+        """Shortlist ``max(n, M)`` in the index's rotated dims, re-score them at full dims (SQ8).
+
+        ``funnel_dims`` < ``dims``: the shortlist uses only the leading ``funnel_dims`` coordinates of the
+        query (the rest zeroed: inner product over that prefix; cosine / ip collections only).
+        """
         rot, funnel = self.rotation, self.funnel
         assert rot is not None and funnel is not None
         m = DEFAULT_FUNNEL_M if funnel_m is None else funnel_m
-        ql = rot.truncate(q.reshape(1, -1), self.manifest.dims, self.manifest.metric != "l2")[0]
+        d = self.manifest.dims
+        fd = d if funnel_dims is None else min(funnel_dims, d)
+        ql = np.zeros(d, np.float32)
+        ql[:fd] = rot.truncate(q.reshape(1, -1), fd, self.manifest.metric != "l2")[0]
         cids, low = self.dense.search(ql, max(n, m), allowed, None, ef_search)
         if m == 0 or len(cids) == 0:  # funnel_m = 0: low-dim scores only
             return cids[:n], low[:n]

@@ -378,6 +378,7 @@ class IndexerService(IngestJobs):
         per_chunk: bool = False,
         texts: int | None = None,
         funnel_m: int | None = None,
+        funnel_dims: int | None = None,
     ) -> list[Hit]:
         """Top-k by vector similarity; ``vector`` must have the collection's dims.
 
@@ -417,8 +418,22 @@ class IndexerService(IngestJobs):
             if norm == 0 or not math.isfinite(norm):
                 raise InvalidInput("vector must be non-zero for cosine similarity", field="vector")
             q = q / norm
+        if funnel_dims is not None and (
+            isinstance(funnel_dims, bool)
+            or not isinstance(funnel_dims, int)
+            or not 1 <= funnel_dims <= man.dims
+            or man.metric == "l2"
+            or not man.rotate
+        ):
+            raise InvalidInput(
+                f"funnel_dims must be an integer in [1, {man.dims}] on a rotating cosine / ip collection",
+                field="funnel_dims",
+                limit=man.dims,
+            )
         check_texts(texts)
-        return await asyncio.to_thread(coll.search_dense, q, k, filters, per_chunk, None, texts, funnel_m)
+        return await asyncio.to_thread(
+            coll.search_dense, q, k, filters, per_chunk, None, texts, funnel_m, funnel_dims
+        )
 
     # ---- rotation -----------------------------------------------------------------------------
     async def rotation_info(self, name: str) -> dict[str, Any]:

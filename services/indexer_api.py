@@ -89,6 +89,8 @@ class DenseSearch(BaseModel):
     texts: int | None = Field(default=None, ge=0, le=MAX_K)
     # rotated collections, full-dim query: shortlist candidates re-scored at full dims (null: 100, 0: none)
     funnel_m: int | None = None
+    # rotated collections: shortlist on only the leading funnel_dims (<= the collection's dims)
+    funnel_dims: int | None = None
 
 
 class LexicalSearch(BaseModel):
@@ -218,7 +220,14 @@ async def search_dense(name: str, body: DenseSearch, request: Request) -> dict[s
         vec = body.vector
     return _hits(
         await _svc(request).search_dense(
-            name, vec, body.k, body.filters, body.per_chunk, texts=body.texts, funnel_m=body.funnel_m
+            name,
+            vec,
+            body.k,
+            body.filters,
+            body.per_chunk,
+            texts=body.texts,
+            funnel_m=body.funnel_m,
+            funnel_dims=body.funnel_dims,
         )
     )
 

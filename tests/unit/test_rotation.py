@@ -155,6 +155,14 @@ async def test_funnel_m_validation_and_refit(tmp_path: Path) -> None:
         await svc.search_dense("c", q, k=5, funnel_m=-1)
     with pytest.raises(InvalidInput):
         await svc.search_dense("c", [1.0] * 5, k=5)
+    with pytest.raises(InvalidInput):
+        await svc.search_dense("c", q, k=5, funnel_dims=D + 1)
+    # a shorter shortlist prefix with every candidate re-scored ranks exactly like the full prefix
+    every = [(h.id, h.score) for h in await svc.search_dense("c", q, k=10, funnel_m=10_000)]
+    short = [(h.id, h.score) for h in await svc.search_dense("c", q, k=10, funnel_m=10_000, funnel_dims=2)]
+    assert short == every
+    same = await svc.search_dense("c", q, k=10, funnel_dims=D)
+    assert [h.id for h in same] == [h.id for h in await svc.search_dense("c", q, k=10)]
     before = await svc.rotation_info("c")
     await svc.upsert("c", make_docs(200, start=1000, prefix="e"))
     res = await svc.refit_rotation("c")
