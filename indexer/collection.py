@@ -40,6 +40,7 @@ class Collection(RotatedMixin):
         hnsw_threshold: int = 50_000,
         snapshot_every: int = 20_000,
         snapshot_interval_s: float = 300.0,
+        rotation_min_chunks: int = 1000,
     ) -> None:
         self.root = root
         self.manifest = manifest
@@ -47,6 +48,7 @@ class Collection(RotatedMixin):
         self.lock = RWLock()
         self.store = DocStore(root / "store.sqlite", manifest.store_dims)
         self.hnsw_threshold = hnsw_threshold
+        self.rotation_min_chunks = rotation_min_chunks
         self.rotation: Rotation | None = None
         self.funnel: FunnelStore | None = None
         self._load_rotation()

@@ -49,6 +49,7 @@ class RotatedMixin:
     store: DocStore
     dense: DenseIndex
     hnsw_threshold: int
+    rotation_min_chunks: int
     rotation: Rotation | None
     funnel: FunnelStore | None
 
@@ -110,7 +111,10 @@ class RotatedMixin:
         m = self.manifest
         if not m.rotate or m.rotation_version:
             return False
-        return self.store.counts()["chunks"] >= MIN_DOCS_PER_DIM * m.dims
+        return self.store.counts()["chunks"] >= self._fit_threshold()
+
+    def _fit_threshold(self) -> int:
+        return max(MIN_DOCS_PER_DIM * self.manifest.dims, self.rotation_min_chunks)
 
     def _sample(self) -> np.ndarray:
         parts, n = [], 0
@@ -185,7 +189,7 @@ class RotatedMixin:
             "centred": rot.centred if rot else None,
             "index_dims": self.dense.dims,
             "model_dim": self.manifest.model_dim,
-            "fit_at_chunks": MIN_DOCS_PER_DIM * self.manifest.dims if self.manifest.rotate else None,
+            "fit_at_chunks": self._fit_threshold() if self.manifest.rotate else None,
             "funnel_vectors": len(self.funnel) if self.funnel is not None else 0,
             "funnel_bytes_per_vector": self.funnel.nbytes_per_vector() if self.funnel is not None else 0,
         }

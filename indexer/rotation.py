@@ -24,9 +24,9 @@ from indexer.manifest import fsync_dir
 log = logging.getLogger(__name__)
 
 ROTATION_RE = re.compile(r"^rotation-(\d+)\.npz$")
-MIN_DOCS_PER_DIM = 2  # fit once the collection holds >= 2 * dims chunks (a d-dim basis from >= 2d samples)
+MIN_DOCS_PER_DIM = 2  # a fit needs >= 2 * dims chunks (auto-fit also waits for rotation_min_chunks)
 # Centred PCA (covariance) vs uncentred (second moment). Measured on SciFact with MiniLM (bench/dims.py,
-# "centring"): centred was as good or better at 64/128 dims, so it is the default.
+# fit on 2,000 chunks): nDCG@10 0.5724 vs 0.5703 at 64 dims, 0.6464 vs 0.6463 at 128: centred.
 CENTRED = True
 
 

@@ -58,6 +58,7 @@ class IndexerService(IngestJobs):
         max_doc_chars: int = 1_000_000,
         embed_batch: int = 64,
         snapshot_every: int = 20_000,
+        rotation_min_chunks: int = 1000,
         job_roots: list[Path] | None = None,
     ) -> None:
         self.root = Path(data_dir) / "collections"
@@ -67,6 +68,7 @@ class IndexerService(IngestJobs):
         self.max_doc_chars = max_doc_chars
         self.embed_batch = embed_batch
         self.snapshot_every = snapshot_every
+        self.rotation_min_chunks = rotation_min_chunks
         self.job_roots = [p.resolve() for p in job_roots] if job_roots else None
         self._collections: dict[str, Collection] = {}
         self._chunkers: dict[str, Chunker] = {}
@@ -89,7 +91,11 @@ class IndexerService(IngestJobs):
 
     def _new_collection(self, root: Path, manifest: Manifest) -> Collection:
         return Collection(
-            root, manifest, hnsw_threshold=self.hnsw_threshold, snapshot_every=self.snapshot_every
+            root,
+            manifest,
+            hnsw_threshold=self.hnsw_threshold,
+            snapshot_every=self.snapshot_every,
+            rotation_min_chunks=self.rotation_min_chunks,
         )
 
     @staticmethod

@@ -135,6 +135,7 @@ async def _run(
         max_batch_docs=isettings.max_batch_docs,
         max_doc_chars=isettings.max_doc_chars,
         snapshot_every=isettings.snapshot_every,
+        rotation_min_chunks=isettings.rotation_min_chunks,
     )
     prog = IngestProgress()
     t0 = time.perf_counter()

@@ -295,6 +295,7 @@ async def start(app: FastAPI, settings: Any) -> None:
         max_batch_docs=getattr(settings, "max_batch_docs", 1000),
         max_doc_chars=getattr(settings, "max_doc_chars", 1_000_000),
         snapshot_every=getattr(settings, "snapshot_every", 20_000),
+        rotation_min_chunks=getattr(settings, "rotation_min_chunks", 1000),
         job_roots=getattr(settings, "job_roots", None),
     )
     app.state.indexer_service = svc

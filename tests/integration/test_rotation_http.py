@@ -26,7 +26,7 @@ CACHE = Path(
 async def test_embeddings_with_collection_are_rotated_and_truncated(tmp_path: Path) -> None:
     emb = EmbeddingService(CACHE, [], default_model="minilm", batching=False, auto_export=False)
     emb.start_blocking()
-    svc = IndexerService(tmp_path, InProcessEmbedderClient(emb))
+    svc = IndexerService(tmp_path, InProcessEmbedderClient(emb), rotation_min_chunks=0)
     await svc.open()
     app = FastAPI()
     install_error_handlers(app)

@@ -93,7 +93,7 @@ def test_funnel_store_sq8_error_bound(tmp_path: Path) -> None:
 
 
 async def rotated_service(tmp_path: Path, n: int = 120) -> IndexerService:
-    svc = await make_service(tmp_path, FakeEmbedder(dim=DIM))
+    svc = await make_service(tmp_path, FakeEmbedder(dim=DIM), rotation_min_chunks=0)
     await svc.create_collection("c", model="fake", dims=D)
     await svc.upsert("c", make_docs(n))
     return svc
@@ -113,13 +113,14 @@ def exact(svc: IndexerService, q: np.ndarray, k: int) -> tuple[list[str], np.nda
 
 
 async def test_serves_full_dims_until_fit_then_funnel_all_equals_exact(tmp_path: Path) -> None:
-    svc = await make_service(tmp_path, FakeEmbedder(dim=DIM))
+    svc = await make_service(tmp_path, FakeEmbedder(dim=DIM), rotation_min_chunks=100)
     info = await svc.create_collection("c", model="fake", dims=D)
     assert info["rotate"] is True and info["query_dims"] == DIM
-    await svc.upsert("c", make_docs(10))  # 10 chunks < 2 * 8: no rotation yet, full dims
+    await svc.upsert("c", make_docs(90))  # 90 chunks < max(2 * 8, 100): no rotation yet, full dims
     rinfo = await svc.rotation_info("c")
-    assert (rinfo["version"], rinfo["index_dims"]) == (0, DIM)
-    await svc.upsert("c", make_docs(110, start=10))
+    assert (rinfo["version"], rinfo["index_dims"], rinfo["fit_at_chunks"]) == (0, DIM, 100)
+    assert len(await svc.search_dense("c", [1.0] * DIM, k=3)) == 3
+    await svc.upsert("c", make_docs(30, start=90))
     rinfo = await svc.rotation_info("c")
     assert (rinfo["version"], rinfo["index_dims"], rinfo["funnel_vectors"]) == (1, D, 120)
     assert Manifest.load(tmp_path / "collections" / "c" / "manifest.json").rotation_version == 1
@@ -270,7 +271,7 @@ async def test_rotation_routes(tmp_path: Path) -> None:
     from services import indexer_api
     from services.errors import install_error_handlers
 
-    svc = IndexerService(tmp_path, FakeEmbedder())
+    svc = IndexerService(tmp_path, FakeEmbedder(), rotation_min_chunks=0)
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(indexer_api.router)
