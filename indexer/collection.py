@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,7 @@ class Collection(RotatedMixin):
         self.store = DocStore(root / "store.sqlite", manifest.store_dims)
         self.hnsw_threshold = hnsw_threshold
         self.rotation_min_chunks = rotation_min_chunks
+        self.refit_lock = threading.Lock()  # one re-fit at a time (the swap itself runs under the write lock)
         self.rotation: Rotation | None = None
         self.funnel: FunnelStore | None = None
         self._load_rotation()

@@ -16,7 +16,12 @@ import numpy as np
 
 
 class FunnelStore:
-    """cid -> uint8 codes of a full-dim vector; not thread-safe (the collection's RW lock guards it)."""
+    """cid -> uint8 codes of a full-dim vector; not thread-safe (the collection's RW lock guards it).
+
+    Rows are kept sorted by cid (SQLite cids only grow, so appends keep the order; anything else re-sorts),
+    looked up with ``searchsorted``: 8 bytes of id + 1 byte of liveness per vector, no Python dict.
+    Removed rows are flagged dead and compacted away once they pass 20% of the rows.
+    """
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -24,9 +29,9 @@ class FunnelStore:
         self.scale = np.ones(dim, np.float32)
         self.codes = np.zeros((0, dim), np.uint8)
         self.ids = np.zeros(0, np.int64)
-        self._row: dict[int, int] = {}
-        self._free: list[int] = []
-        self._n = 0  # rows used (live + free)
+        self.alive = np.zeros(0, bool)
+        self._n = 0  # rows used (live + dead), sorted by id
+        self._live = 0
 
     def train(self, vecs: np.ndarray) -> None:
         """Per-dimension range from a sample (values outside it are clipped when encoded)."""
@@ -45,7 +50,16 @@ class FunnelStore:
         return codes.astype(np.float32) * self.scale + self.vmin
 
     def __len__(self) -> int:
-        return len(self._row)
+        return self._live
+
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id (-1 when absent or dead)."""
+        ids = np.asarray(ids, np.int64)
+        if self._n == 0 or len(ids) == 0:
+            return np.full(len(ids), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.ids[: self._n], ids), self._n - 1)
+        ok = (self.ids[pos] == ids) & self.alive[pos]
+        return np.where(ok, pos, -1)
 
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         """Store (or replace) the vectors of ``ids``."""
@@ -53,59 +67,60 @@ class FunnelStore:
         if len(ids) == 0:
             return
         self.remove(ids)
-        codes = self.encode(vecs)
-        need = len(ids) - len(self._free)
-        if self._n + max(0, need) > len(self.codes):
-            cap = max(1024, 2 * len(self.codes), self._n + need)
-            grown = np.zeros((cap, self.dim), np.uint8)
-            grown[: self._n] = self.codes[: self._n]
-            gids = np.full(cap, -1, np.int64)
-            gids[: self._n] = self.ids[: self._n]
-            self.codes, self.ids = grown, gids
-        for i, cid in enumerate(ids):
-            row = self._free.pop() if self._free else self._take()
-            self.codes[row] = codes[i]
-            self.ids[row] = cid
-            self._row[int(cid)] = row
-
-    def _take(self) -> int:
-        self._n += 1
-        return self._n - 1
+        order = np.argsort(ids, kind="stable")
+        ids, codes = ids[order], self.encode(np.asarray(vecs)[order])
+        n, k = self._n, len(ids)
+        if n + k > len(self.codes):
+            cap = max(1024, 2 * len(self.codes), n + k)
+            self.codes = np.concatenate([self.codes[:n], np.zeros((cap - n, self.dim), np.uint8)])
+            self.ids = np.concatenate([self.ids[:n], np.zeros(cap - n, np.int64)])
+            self.alive = np.concatenate([self.alive[:n], np.zeros(cap - n, bool)])
+        in_order = n == 0 or ids[0] > self.ids[n - 1]
+        self.codes[n : n + k], self.ids[n : n + k], self.alive[n : n + k] = codes, ids, True
+        self._n, self._live = n + k, self._live + k
+        if not in_order:  # an id below the largest one: restore the order (rare: cids only grow)
+            perm = np.argsort(self.ids[: self._n], kind="stable")
+            self.codes[: self._n] = self.codes[perm]
+            self.ids[: self._n] = self.ids[perm]
+            self.alive[: self._n] = self.alive[perm]
 
     def remove(self, ids: np.ndarray) -> None:
-        """Forget ``ids`` (absent ones ignored)."""
-        for cid in np.asarray(ids, np.int64):
-            row = self._row.pop(int(cid), None)
-            if row is not None:
-                self.ids[row] = -1
-                self._free.append(row)
+        """Forget ``ids`` (absent ones ignored); compacts once dead rows pass 20%."""
+        rows = self._rows(ids)
+        rows = rows[rows >= 0]
+        if len(rows) == 0:
+            return
+        self.alive[rows] = False
+        self._live -= len(np.unique(rows))
+        if self._n - self._live > 0.2 * self._n:
+            keep = np.flatnonzero(self.alive[: self._n])
+            self.codes, self.ids, self.alive = self.codes[keep], self.ids[keep], self.alive[keep]
+            self._n = len(keep)
 
     def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids present, their decoded float32 full-dim vectors)."""
         ids = np.asarray(ids, np.int64)
-        get = self._row.get
-        rows = np.fromiter((get(c, -1) for c in ids.tolist()), np.int64, len(ids))
+        rows = self._rows(ids)
         keep = rows >= 0
         return ids[keep], self.decode(self.codes[rows[keep]])
 
     def inner_products(self, ids: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids present, q . decoded vector) without materialising the decoded vectors."""
         ids = np.asarray(ids, np.int64)
-        get = self._row.get
-        rows = np.fromiter((get(c, -1) for c in ids.tolist()), np.int64, len(ids))
+        rows = self._rows(ids)
         keep = rows >= 0
         qf = np.asarray(q, np.float32)
         scores = self.codes[rows[keep]].astype(np.float32) @ (qf * self.scale) + float(qf @ self.vmin)
         return ids[keep], scores
 
     def nbytes_per_vector(self) -> float:
-        """Bytes per live vector held in memory (codes + id), excluding the id -> row dict."""
-        return float(self.dim + 8)
+        """Bytes held per live vector: codes + id + liveness flag (dead rows not yet compacted excluded)."""
+        return float(self.dim + 8 + 1)
 
     # ---- persistence (inside the dense snapshot directory, which is fsynced and renamed as a whole) ----
     def save(self, directory: Path) -> None:
         """Write ``funnel.npz`` into ``directory`` (fsynced; the caller renames the directory)."""
-        live = self.ids[: self._n] >= 0
+        live = self.alive[: self._n]
         with open(directory / "funnel.npz", "wb") as fh:
             np.savez(
                 fh,
@@ -124,6 +139,6 @@ class FunnelStore:
             store = cls(int(z["vmin"].shape[0]))
             store.vmin, store.scale = z["vmin"].copy(), z["scale"].copy()
             store.codes, store.ids = z["codes"].copy(), z["ids"].copy()
-        store._n = len(store.ids)
-        store._row = {int(c): i for i, c in enumerate(store.ids)}
+        store.alive = np.ones(len(store.ids), bool)
+        store._n = store._live = len(store.ids)
         return store

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class RotatedMixin:
     dense: DenseIndex
     hnsw_threshold: int
     rotation_min_chunks: int
+    refit_lock: threading.Lock
     rotation: Rotation | None
     funnel: FunnelStore | None
 
@@ -163,6 +165,10 @@ class RotatedMixin:
         """Re-fit the rotation on the collection's current vectors and swap it in atomically."""
         if not self.manifest.rotate:
             raise ValueError("collection does not rotate")
+        with self.refit_lock:
+            return self._refit()
+
+    def _refit(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         with self.lock.read():  # readers keep searching while the fit reads SQLite and runs the PCA
             version = self.manifest.rotation_version + 1

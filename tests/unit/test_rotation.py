@@ -86,9 +86,15 @@ def test_funnel_store_sq8_error_bound(tmp_path: Path) -> None:
     ids_ip, ip = fs.inner_products(np.asarray([4, 5, 7]), q)
     assert ids_ip.tolist() == [4, 7]
     np.testing.assert_allclose(ip, dec @ q, atol=1e-5)  # same decoded values, summed in another order
+    fs.add(np.asarray([3, 2000]), x[[10, 11]])  # replace 3 (an id below the largest: re-sort) + append
+    fs.remove(np.arange(500, 800))  # past 20% dead: compaction
+    assert len(fs) == 699 and fs._n == 699
+    got, dec = fs.vectors(np.asarray([2000, 3, 499, 500, 999]))
+    assert got.tolist() == [2000, 3, 499, 999]
+    assert np.all(np.abs(dec - x[[11, 10, 499, 999]]) <= fs.scale / 2 + 1e-6)
     fs.save(tmp_path)
     back = FunnelStore.load(tmp_path)
-    assert len(back) == 998
+    assert len(back) == 699
     np.testing.assert_array_equal(back.vectors(np.asarray([7]))[1], fs.vectors(np.asarray([7]))[1])
 
 
