@@ -175,6 +175,7 @@ class IndexerService(IngestJobs):
             raise InvalidCollectionSpec(
                 "chunk_overlap must be in [0, chunk_tokens/2)", field="chunk_overlap", limit=chunk_tokens // 2
             )
+        rotate_given = rotate is not None
         if rotate is None:
             rotate = dims < model_dim
         if not isinstance(rotate, bool) or (rotate and dims >= model_dim):
@@ -200,7 +201,8 @@ class IndexerService(IngestJobs):
         async with self._create_lock:
             existing = self._collections.get(name)
             if existing is not None:
-                if exist_ok and _same_config(existing.manifest, manifest):
+                # an unstated rotate matches a collection created before rotations existed (rotate false)
+                if exist_ok and _same_config(existing.manifest, manifest, rotate_given):
                     return await self.collection_info(name)
                 raise CollectionExists(f"collection {name!r} already exists", field="name")
             root = self.root / name
@@ -497,7 +499,7 @@ def name_alias(model: str) -> str:
         return model.lower()
 
 
-def _same_config(a: Manifest, b: Manifest) -> bool:
+def _same_config(a: Manifest, b: Manifest, rotate: bool = True) -> bool:
     keys = (
         "model",
         "revision",
@@ -507,6 +509,6 @@ def _same_config(a: Manifest, b: Manifest) -> bool:
         "analyzer",
         "chunk_tokens",
         "chunk_overlap",
-        "rotate",
+        *(("rotate",) if rotate else ()),
     )
     return all(getattr(a, k) == getattr(b, k) for k in keys)

@@ -264,6 +264,10 @@ async def test_rotate_needs_smaller_dims(tmp_path: Path) -> None:
         await svc.create_collection("x", model="fake", rotate=True)
     info = await svc.create_collection("y", model="fake", dims=D, rotate=False)
     assert info["rotate"] is False and info["query_dims"] == D
+    # exist_ok without rotate matches the non-rotating collection (created before rotations existed)
+    assert (await svc.create_collection("y", model="fake", dims=D, exist_ok=True))["rotate"] is False
+    with pytest.raises(Conflict):
+        await svc.create_collection("y", model="fake", dims=D, exist_ok=True, rotate=True)
     with pytest.raises(Conflict):
         await svc.create_collection("z", model="fake", dims=D)
         await svc.refit_rotation("z")  # empty: too few vectors
