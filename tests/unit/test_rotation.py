@@ -307,3 +307,25 @@ async def test_rotation_routes(tmp_path: Path) -> None:
         r = await c.get("/v1/collections/nope/rotation")
         assert r.status_code == 404
     await svc.close()
+
+
+async def test_cli_rotation_refit_on_stopped_data_dir(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    svc = await rotated_service(tmp_path)
+    await svc.create_collection("plain", model="fake")
+    await svc.close()
+    runner = CliRunner()
+    res = runner.invoke(app, ["rotation", "c", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["version"] == 1
+    res = runner.invoke(app, ["rotation", "c", "--refit", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["version"] == 2
+    assert Manifest.load(tmp_path / "collections" / "c" / "manifest.json").rotation_version == 2
+    assert runner.invoke(app, ["rotation", "plain", "--refit", "--data-dir", str(tmp_path)]).exit_code != 0
+    assert runner.invoke(app, ["rotation", "nope", "--data-dir", str(tmp_path)]).exit_code != 0
