@@ -329,3 +329,20 @@ async def test_cli_rotation_refit_on_stopped_data_dir(tmp_path: Path) -> None:
     assert Manifest.load(tmp_path / "collections" / "c" / "manifest.json").rotation_version == 2
     assert runner.invoke(app, ["rotation", "plain", "--refit", "--data-dir", str(tmp_path)]).exit_code != 0
     assert runner.invoke(app, ["rotation", "nope", "--data-dir", str(tmp_path)]).exit_code != 0
+
+
+async def test_missing_funnel_file_rebuilds_from_sqlite(tmp_path: Path) -> None:
+    svc = await rotated_service(tmp_path)
+    q = FakeEmbedder(dim=DIM).encode(["gene trial"])[0].tolist()
+    want = [(h.id, h.score) for h in await svc.search_dense("c", q, k=10)]
+    await svc.close()
+    snaps = list((tmp_path / "collections" / "c").glob("dense-*/funnel.npz"))
+    assert len(snaps) == 1
+    snaps[0].unlink()
+    svc = await make_service(tmp_path, FakeEmbedder(dim=DIM))
+    assert (await svc.rotation_info("c"))["funnel_vectors"] == 120
+    got = [(h.id, h.score) for h in await svc.search_dense("c", q, k=10)]
+    assert [i for i, _ in got] == [i for i, _ in want]
+    # same vectors, same SQ8 training sample: the same scores up to float32 summation order
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
+    await svc.close()
