@@ -11,6 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MARK = "## Benchmarks (latest results)"
 SECTIONS = [
     ("Embedder", "embed.md", "python bench/embed.py [--part speed|rerank|http|quality|invariance]"),
+    (
+        "Embedder vs Infinity over HTTP (same MiniLM)",
+        "embed_peer.md",
+        "python bench/embed_peer.py --rounds 3 --seconds 12 --infinity-int8",
+    ),
     ("Indexer", "index.md", "python bench/index.py --part bm25|quality|ingest|ann"),
     (
         "Search quality: `dowse eval` on SciFact",
@@ -27,6 +32,16 @@ SECTIONS = [
         "Rerank as served: hybrid vs hybrid + rerank through /v1/search (SciFact)",
         "rerank_served.md",
         "python bench/rerank_served.py",
+    ),
+    (
+        "Live search during a SciFact ingest job (full corpus)",
+        "mixed.md",
+        "python bench/mixed.py (dowse serve, real models, real HTTP)",
+    ),
+    (
+        "Live search during a SciFact ingest job (1,000 documents, vs main before query-first scheduling)",
+        "mixed_1000.md",
+        "python bench/mixed.py --docs 1000 --baseline /work/main --out mixed_1000",
     ),
     ("Semantic cache workloads", "cache_eval.md", "dowse cache-eval (python bench/cache.py --part eval)"),
     (

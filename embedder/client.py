@@ -35,15 +35,23 @@ class EmbedderClient(Protocol):
         instruction: str | None = None,
         dimensions: int | None = None,
         truncate: bool = True,
+        priority: str | None = None,
     ) -> EmbedResult:
         """Embed ``texts``; ``prompt_name`` is ``query``/``passage``/model-defined; ``instruction``
-        overrides the prompt text verbatim."""
+        overrides the prompt text verbatim; ``priority`` is ``interactive`` (a search waits for it) or
+        ``batch`` (bulk work, cut into micro-batches behind interactive work); None = by request size."""
         ...
 
     async def rerank(
-        self, query: str, documents: list[str], *, model: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        model: str | None = None,
+        truncate: bool = True,
+        priority: str | None = None,
     ) -> list[float]:
-        """Cross-encoder scores (raw logits), one per document, in input order."""
+        """Cross-encoder scores (raw logits), one per document, in input order (``priority`` as in embed)."""
         ...
 
     async def model_info(self, model: str | None = None) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from embedder.registry import UnknownModel, canonical_name
 
 log = logging.getLogger(__name__)
 
+PRIORITY_HEADER = "X-Dowse-Priority"  # the TEI routes' way to say interactive | batch
+
 
 def auth_headers(token: str | None) -> dict[str, str]:
     """``Authorization: Bearer <service token>`` for calls to another Dowse role (none without a token)."""
@@ -61,20 +63,23 @@ async def request_json(
     *,
     service: str,
     unknown: type[DowseError] = InvalidInput,
+    headers: dict[str, str] | None = None,
+    timeout: float | None = None,
 ) -> Any:
     """One JSON call to a Dowse ``service``.
 
     Transport failures, timeouts, 5xx and invalid JSON become DependencyFailed (``field`` = the service);
-    a 4xx becomes the matching DowseError (see :func:`error_from_response`).
+    a 4xx becomes the matching DowseError (see :func:`error_from_response`). ``timeout`` overrides the
+    client's for this call.
     """
     try:
-        resp = await client.request(method, path, json=json)
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        resp = await client.request(method, path, json=json, headers=headers, **extra)
     except httpx.TimeoutException as exc:
         raise DependencyFailed(f"{service} timed out on {path}", field=service) from exc
     except httpx.HTTPError as exc:
-        raise DependencyFailed(
-            f"{service} unreachable at {client.base_url}: {type(exc).__name__}", field=service
-        ) from exc
+        log.warning("%s unreachable at %s: %r", service, client.base_url, exc)
+        raise DependencyFailed(f"{service} is unreachable", field=service) from exc
     if resp.status_code >= 300:
         raise error_from_response(resp, service, unknown)
     try:
@@ -99,8 +104,10 @@ class HttpEmbedderClient:
         )
         self._info: dict[str, Any] | None = None
 
-    async def _request(self, method: str, path: str, json: Any = None) -> Any:
-        return await request_json(self._client, method, path, json, service="embedder")
+    async def _request(
+        self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        return await request_json(self._client, method, path, json, service="embedder", headers=headers)
 
     async def embed(
         self,
@@ -111,14 +118,16 @@ class HttpEmbedderClient:
         instruction: str | None = None,
         dimensions: int | None = None,
         truncate: bool = True,
+        priority: str | None = None,
     ) -> EmbedResult:
-        """POST /v1/embeddings (base64) and decode to float32 rows."""
+        """POST /v1/embeddings (base64) and decode to float32 rows; ``priority`` travels as the field."""
         body: dict[str, Any] = {"input": list(texts), "encoding_format": "base64", "truncate": truncate}
         for key, val in (
             ("model", model),
             ("prompt_name", prompt_name),
             ("instruction", instruction),
             ("dimensions", dimensions),
+            ("priority", priority),
         ):
             if val is not None:
                 body[key] = val
@@ -134,9 +143,15 @@ class HttpEmbedderClient:
             ) from exc
 
     async def rerank(
-        self, query: str, documents: list[str], *, model: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        model: str | None = None,
+        truncate: bool = True,
+        priority: str | None = None,
     ) -> list[float]:
-        """POST /rerank with raw_scores: logits in input order."""
+        """POST /rerank with raw_scores: logits in input order; ``priority`` as ``X-Dowse-Priority``."""
         body: dict[str, Any] = {
             "query": query,
             "texts": list(documents),
@@ -145,7 +160,8 @@ class HttpEmbedderClient:
         }
         if model is not None:
             body["model"] = model
-        data = await self._request("POST", "/rerank", body)
+        headers = {PRIORITY_HEADER: priority} if priority is not None else None
+        data = await self._request("POST", "/rerank", body, headers)
         try:
             scores = [0.0] * len(documents)
             for row in data:

@@ -23,6 +23,7 @@ class InProcessEmbedderClient:
         instruction: str | None = None,
         dimensions: int | None = None,
         truncate: bool = True,
+        priority: str | None = None,
     ) -> EmbedResult:
         """Embed ``texts`` through the service's batching queue."""
         return await self.service.embed(
@@ -32,13 +33,20 @@ class InProcessEmbedderClient:
             instruction=instruction,
             dimensions=dimensions,
             truncate=truncate,
+            priority=priority,
         )
 
     async def rerank(
-        self, query: str, documents: list[str], *, model: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        model: str | None = None,
+        truncate: bool = True,
+        priority: str | None = None,
     ) -> list[float]:
         """Cross-encoder logits, one per document, in input order."""
-        return await self.service.rerank(query, documents, model=model, truncate=truncate)
+        return await self.service.rerank(query, documents, model=model, truncate=truncate, priority=priority)
 
     async def model_info(self, model: str | None = None) -> dict[str, Any]:
         """Name, dim, max_length, pooling, prompts, revision, kind of a loaded model."""

@@ -20,3 +20,7 @@ QUEUE_DEPTH = Gauge("dowse_embedder_queue_depth", "Inputs waiting for a batch", 
 REJECTED = Counter("dowse_embedder_rejected_total", "Requests refused because the queue was full", ["model"])
 TOKENS = Counter("dowse_embedder_tokens_total", "Tokens embedded or scored", ["model"])
 INPUTS = Counter("dowse_embedder_inputs_total", "Texts embedded or pairs scored", ["model"])
+QUEUE_DEPTH_BY_PRIORITY = Gauge(
+    "dowse_embedder_queue_depth_by_priority", "Inputs waiting for a batch, by class", ["model", "priority"]
+)
+BATCHES = Counter("dowse_embedder_batches_total", "Model batches run, by class", ["model", "priority"])

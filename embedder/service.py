@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from embedder import metrics
-from embedder.batching import DynamicBatcher, run_sorted
+from embedder.batching import MICRO_BATCH_TOKENS, DynamicBatcher, Priority, check_priority, run_sorted
 from embedder.client import EmbedResult
 from embedder.errors import InvalidInput, NotReady, Overloaded, TooLarge
 from embedder.export import PRECISIONS, ensure_exported, read_manifest
@@ -43,10 +43,22 @@ class EmbeddingService:
         max_client_batch: int = 256,
         auto_export: bool = True,
         rerank_max_length: int | None = 256,
+        micro_batch_tokens: int = MICRO_BATCH_TOKENS,
+        max_batch_queue: int = 1024,
+        max_request_tokens: int = 32768,
+        max_rerank_docs: int = 100,
+        max_rerank_tokens: int = 25600,
     ) -> None:
         if precision not in PRECISIONS:
             raise InvalidInput(f"unknown precision {precision!r}", field="precision", limit=list(PRECISIONS))
-        for name, val in (("max_batch_size", max_batch_size), ("max_batch_tokens", max_batch_tokens)):
+        for name, val in (
+            ("max_batch_size", max_batch_size),
+            ("max_batch_tokens", max_batch_tokens),
+            ("micro_batch_tokens", micro_batch_tokens),
+            ("max_request_tokens", max_request_tokens),
+            ("max_rerank_docs", max_rerank_docs),
+            ("max_rerank_tokens", max_rerank_tokens),
+        ):
             if val < 1:
                 raise InvalidInput(f"{name} must be >= 1", field=name, limit=1)
         self.model_cache = Path(model_cache)
@@ -62,6 +74,12 @@ class EmbeddingService:
         self.max_wait_ms = max_wait_ms
         self.max_queue = max_queue
         self.max_client_batch = max_client_batch
+        self.micro_batch_tokens = micro_batch_tokens
+        self.max_batch_queue = max_batch_queue
+        # Caps per request, so that one call cannot hold the model for tens of seconds (413 above them).
+        self.max_request_tokens = max_request_tokens
+        self.max_rerank_docs = max_rerank_docs
+        self.max_rerank_tokens = max_rerank_tokens
         self.auto_export = auto_export
         # Cross-encoder pairs are truncated (longest first) at this many tokens: 256 keeps MS MARCO-style
         # passages whole while halving the cost of 512 on long abstracts. None = the model's own maximum.
@@ -85,8 +103,9 @@ class EmbeddingService:
             else:
                 model_dir = self.model_cache / slug(resolve(name))
                 if read_manifest(model_dir) is None:
-                    raise NotReady(
-                        f"model {name!r} is not exported in {self.model_cache}: "
+                    log.error("model %s is not exported in %s", name, self.model_cache)
+                    raise NotReady(  # clients get no server path; the log has it
+                        f"model {name!r} is not exported in the model cache: "
                         f"run `dowse models export {name}`",
                         field="model",
                     )
@@ -108,7 +127,10 @@ class EmbeddingService:
         try:
             await asyncio.to_thread(self.load)
         except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
+            # "not exported" names the fix; anything else may hold paths or classes: the log has it
+            self.load_error = (
+                exc.message if isinstance(exc, NotReady) else "models failed to load (see the server log)"
+            )
             log.exception("embedder failed to load models")
             raise
         if self.batching:
@@ -121,6 +143,8 @@ class EmbeddingService:
                     max_batch_tokens=self.max_batch_tokens,
                     max_wait_ms=self.max_wait_ms,
                     max_queue=self.max_queue,
+                    micro_batch_tokens=self._micro_budget(model),
+                    max_batch_queue=self.max_batch_queue,
                 )
                 self._batchers[name].start()
         self.ready = True
@@ -132,6 +156,12 @@ class EmbeddingService:
             await b.stop()
         self._batchers.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _micro_budget(self, model: OnnxModel) -> int:
+        """Padded tokens per batch-class micro-batch of ``model``: the cross-encoder (12 layers, pairs)
+        costs 2.0x minilm per token (350 vs 172 us, bench/micro_batch.py), so it gets half the budget."""
+        full = self.micro_batch_tokens
+        return max(1, full // 2) if model.kind == "cross-encoder" else full
 
     # -- lookup -------------------------------------------------------------------------------------
     def _model(self, name: str | None, kind: str) -> OnnxModel:
@@ -155,6 +185,24 @@ class EmbeddingService:
                 limit=[n for n, m in self._models.items() if m.kind == kind],
             )
         return model
+
+    def limits(self) -> dict[str, int]:
+        """Per-request caps (413 above them) and the scheduling budgets, as shown in ``/info``."""
+        return {
+            "max_client_batch": self.max_client_batch,
+            "max_request_tokens": self.max_request_tokens,
+            "max_rerank_documents": self.max_rerank_docs,
+            "max_rerank_tokens": self.max_rerank_tokens,
+            "micro_batch_tokens": self.micro_batch_tokens,
+            "max_queue": self.max_queue,
+            "max_batch_queue": self.max_batch_queue,
+        }
+
+    def priority_for(self, priority: str | None, items: list[Encoded]) -> Priority:
+        """The class of a request: as asked, else interactive when it fits in one micro-batch, else batch."""
+        if priority is not None:
+            return check_priority(priority)
+        return "interactive" if sum(len(e) for e in items) <= self.micro_batch_tokens else "batch"
 
     def loaded(self) -> list[str]:
         """Names of the loaded models."""
@@ -245,18 +293,34 @@ class EmbeddingService:
         m = self._model(model, "bi-encoder")
         self._check_dims(m, dimensions)
         prefix = self._prefix(m, prompt_name, instruction)
-        return m, m.tokenize([prefix + t for t in texts], truncate=truncate, field="input")
+        items = m.tokenize([prefix + t for t in texts], truncate=truncate, field="input")
+        if not offline:
+            self._check_tokens(items, "input", self.max_request_tokens)
+        return m, items
+
+    @staticmethod
+    def _check_tokens(items: list[Encoded], field: str, limit: int) -> None:
+        total = sum(len(e) for e in items)
+        if total > limit:
+            raise TooLarge(
+                f"{field} has {total} tokens, above the limit of {limit} per request: split it",
+                field=field,
+                limit=limit,
+            )
 
     # -- API ----------------------------------------------------------------------------------------
-    async def _infer(self, model: OnnxModel, items: list[Encoded]) -> np.ndarray:
+    async def _infer(self, model: OnnxModel, items: list[Encoded], priority: str | None = None) -> np.ndarray:
         if not self.ready:
             raise NotReady("embedder models are still loading", field="model")
         metrics.INPUTS.labels(model.name).inc(len(items))
         metrics.TOKENS.labels(model.name).inc(sum(len(e) for e in items))
         batcher = self._batchers.get(model.name)
         if batcher is not None:
-            return await batcher.submit(items)
-        # batching off: each request runs on its own (length-sorted), concurrently with the others
+            return await batcher.submit(items, self.priority_for(priority, items))
+        # batching off: each request runs on its own (length-sorted), concurrently with the others;
+        # priorities need the batcher's queues, so they are checked and otherwise ignored here
+        if priority is not None:
+            check_priority(priority)
         if self._inflight + len(items) > self.max_queue:
             raise Overloaded(
                 f"{self._inflight} inputs in flight; retry later", field="input", limit=self.max_queue
@@ -277,8 +341,11 @@ class EmbeddingService:
         instruction: str | None = None,
         dimensions: int | None = None,
         truncate: bool = True,
+        priority: str | None = None,
     ) -> EmbedResult:
-        """Embed ``texts``: L2-normalised float32 rows, optionally cut to ``dimensions`` and re-normalised."""
+        """Embed ``texts``: L2-normalised float32 rows, optionally cut to ``dimensions`` and re-normalised.
+
+        ``priority``: ``interactive`` | ``batch``; None = by size (see :meth:`priority_for`)."""
         if not self.ready:
             raise NotReady("embedder models are still loading", field="model")
         if isinstance(texts, list) and sum(len(t) for t in texts if isinstance(t, str)) > _INLINE_CHARS:
@@ -287,26 +354,40 @@ class EmbeddingService:
             )
         else:  # short inputs tokenise in microseconds: cheaper than a thread hop
             m, items = self._prepare(texts, model, prompt_name, instruction, dimensions, truncate)
-        vecs = await self._infer(m, items)
+        vecs = await self._infer(m, items, priority)
         return EmbedResult(truncate_dims(vecs, dimensions), [len(e) for e in items], m.name)
 
     async def rerank(
-        self, query: str, documents: list[str], model: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: list[str],
+        model: str | None = None,
+        truncate: bool = True,
+        priority: str | None = None,
     ) -> list[float]:
-        """Cross-encoder logits for (query, document) pairs, in input order."""
+        """Cross-encoder logits for (query, document) pairs, in input order (``priority`` as in embed)."""
         if not self.ready:
             raise NotReady("embedder models are still loading", field="model")
         m, items = await asyncio.to_thread(self._prepare_pairs, query, documents, model, truncate)
-        return [float(x) for x in await self._infer(m, items)]
+        return [float(x) for x in await self._infer(m, items, priority)]
 
     def _prepare_pairs(
         self, query: Any, documents: Any, model: str | None, truncate: bool, offline: bool = False
     ) -> tuple[OnnxModel, list[Encoded]]:
         if not isinstance(query, str) or not query.strip():
             raise InvalidInput("query must be a non-empty string", field="query", limit="non-empty string")
+        if not offline and isinstance(documents, list | tuple) and len(documents) > self.max_rerank_docs:
+            raise TooLarge(
+                f"documents has {len(documents)} items, above the limit of {self.max_rerank_docs}",
+                field="documents",
+                limit=self.max_rerank_docs,
+            )
         docs = self._check_texts(documents, field="documents", allow_empty=True, offline=offline)
         m = self._model(model, "cross-encoder")
-        return m, m.tokenize_pairs(query, docs, truncate=truncate, field="documents")
+        items = m.tokenize_pairs(query, docs, truncate=truncate, field="documents")
+        if not offline:
+            self._check_tokens(items, "documents", self.max_rerank_tokens)
+        return m, items
 
     def count_tokens(self, texts: list[str], model: str | None = None) -> list[int]:
         """Token counts (with special tokens, after truncation) of ``texts``."""

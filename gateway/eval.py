@@ -185,11 +185,19 @@ class CachedReranker:
         return await self.inner.embed(texts, **kw)
 
     async def rerank(
-        self, query: str, documents: list[str], *, model: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        model: str | None = None,
+        truncate: bool = True,
+        priority: str | None = None,
     ) -> list[float]:
         """Cached cross-encoder scores; missing ones are computed in one call and stored."""
         if self.live:
-            return await self.inner.rerank(query, documents, model=model, truncate=truncate)
+            return await self.inner.rerank(
+                query, documents, model=model, truncate=truncate, priority=priority
+            )
         keys = [self._key(query, d) for d in documents]
         found: dict[str, float] = {}
         for i in range(0, len(keys), 500):
@@ -200,7 +208,7 @@ class CachedReranker:
         self.hits += len(keys) - len(missing)
         if missing:
             scores = await self.inner.rerank(
-                query, [documents[i] for i in missing], model=model, truncate=truncate
+                query, [documents[i] for i in missing], model=model, truncate=truncate, priority=priority
             )
             rows = [(keys[i], float(s)) for i, s in zip(missing, scores, strict=True)]
             self.db.executemany("INSERT OR REPLACE INTO ce VALUES (?, ?)", rows)

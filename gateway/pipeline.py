@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from embedder.client import EmbedderClient
-from embedder.errors import DowseError, InvalidInput, NotFound, NotReady, TooLarge
+from embedder.errors import DowseError, InvalidInput, NotFound, NotReady, Overloaded, TooLarge
 from gateway import fusion, search_defaults
-from gateway.errors import EmbedderUnavailable, InvalidSearch, SearchFailed
+from gateway.errors import CircuitOpen, EmbedderUnavailable, InvalidSearch, SearchFailed
 from gateway.search_types import CircuitBreaker, SearchHit, SearchLimits, SearchRequest, SearchResponse
 from indexer.client import Hit, IndexerClient
 from indexer.filters import compile_filters
@@ -59,7 +59,27 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, DowseError):
         return exc.message
-    return type(exc).__name__
+    return "failed"  # the exception class is logged, never shown to clients
+
+
+def _reason(stage: str, exc: BaseException) -> str:
+    """A short code for a fallback, ``<stage>_<cause>``: the reason label of the degraded-search metric.
+
+    ``stage``: embed (query embedding), dense / bm25 (an indexer retriever), rerank; ``cause``: timeout,
+    overloaded (the embedder's queue was full), circuit_open, failed.
+    """
+    if stage == "dense" and isinstance(exc, EmbedderUnavailable):
+        stage = "embed"
+    if isinstance(exc, CircuitOpen):
+        return f"{stage}_circuit_open"
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TimeoutError | asyncio.TimeoutError):
+            return f"{stage}_timeout"
+        if isinstance(seen, Overloaded):
+            return f"{stage}_overloaded"
+        seen = seen.__cause__
+    return f"{stage}_failed"
 
 
 class SearchPipeline:
@@ -105,7 +125,7 @@ class SearchPipeline:
         lim = self.limits
         if not isinstance(req.collection, str) or not req.collection.strip():
             raise InvalidSearch("collection must be a non-empty string", field="collection")
-        if not NAME_RE.match(req.collection):
+        if not NAME_RE.fullmatch(req.collection):
             raise InvalidSearch(
                 f"collection name must match {NAME_RE.pattern}", field="collection", limit=NAME_RE.pattern
             )
@@ -188,7 +208,7 @@ class SearchPipeline:
             raise SearchFailed(f"indexer {name} timed out after {timeout_s:.1f} s", field="indexer") from exc
         except Exception as exc:
             log.exception("indexer %s failed", name)
-            raise SearchFailed(f"indexer {name} failed: {type(exc).__name__}", field="indexer") from exc
+            raise SearchFailed(f"indexer {name} failed", field="indexer") from exc
 
     def _remaining(self, timer: _Timer) -> float:
         return self.search_timeout_s - timer.elapsed_s()
@@ -205,7 +225,7 @@ class SearchPipeline:
 
     async def served_defaults(self, name: str) -> dict[str, Any]:
         """The rerank weight each first stage is served with on collection ``name``, and its source."""
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise InvalidSearch(f"collection name must match {NAME_RE.pattern}", field="collection")
         aw = self.collection_info(name)
         info = await self._indexer(aw, self.retrieve_timeout_s, _Timer(), "collection")
@@ -214,13 +234,14 @@ class SearchPipeline:
 
     async def _embed_query(self, req: SearchRequest, info: dict[str, Any], timer: _Timer) -> np.ndarray:
         if not self.breaker.allow():
-            raise EmbedderUnavailable("embedder circuit open after repeated failures", field="embedder")
+            raise CircuitOpen("embedder circuit open after repeated failures", field="embedder")
         aw = self.embedder.embed(
             [req.query],
             model=info.get("model"),
             prompt_name=None if req.instruction else info.get("query_prompt", "query"),
             instruction=req.instruction,
             dimensions=info.get("query_dims", info.get("dims")),  # rotating collections: full dims
+            priority="interactive",  # a search waits for it: ahead of ingest micro-batches
         )
         try:
             res = await self._timed(aw, min(self.embed_timeout_s, self._remaining(timer)), timer, "embed")
@@ -261,9 +282,15 @@ class SearchPipeline:
         return await self._indexer(aw, min(self.retrieve_timeout_s, self._remaining(timer)), timer, "bm25")
 
     async def _retrieve(
-        self, req: SearchRequest, info: dict[str, Any], timer: _Timer
+        self,
+        req: SearchRequest,
+        info: dict[str, Any],
+        timer: _Timer,
+        reasons: list[str],
     ) -> tuple[list[Hit] | None, list[Hit] | None, list[str]]:
-        """Run the retrievers the mode needs, concurrently; returns (lexical, dense, degradation notes)."""
+        """Run the retrievers the mode needs, concurrently; returns (lexical, dense, degradation notes).
+
+        Each fallback also appends its code (see :func:`_reason`) to ``reasons``."""
         notes: list[str] = []
         lexical: list[Hit] | None = None
         dense: list[Hit] | None = None
@@ -281,10 +308,12 @@ class SearchPipeline:
                     raise res  # cancellation and friends
             if isinstance(den_res, BaseException):
                 notes.append(f"dense retrieval unavailable ({_describe(den_res)}): bm25 only")
+                reasons.append(_reason("dense", den_res))
             else:
                 dense = den_res
             if isinstance(lex_res, BaseException):
                 notes.append(f"lexical retrieval unavailable ({_describe(lex_res)}): dense only")
+                reasons.append(_reason("bm25", lex_res))
             else:
                 lexical = lex_res
             if lexical is None and dense is None:
@@ -296,6 +325,7 @@ class SearchPipeline:
                 raise
             except Exception as exc:
                 notes.append(f"dense retrieval unavailable ({_describe(exc)}): bm25 only")
+                reasons.append(_reason("dense", exc))
                 try:
                     lexical = await self._lexical(req, timer)
                 except _USER_ERRORS:
@@ -356,13 +386,13 @@ class SearchPipeline:
         timer: _Timer,
     ) -> list[float]:
         if not self.breaker.allow():
-            raise EmbedderUnavailable("embedder circuit open after repeated failures", field="embedder")
+            raise CircuitOpen("embedder circuit open after repeated failures", field="embedder")
         texts = [f"{docs[r.id][0]} {docs[r.id][1]}".strip() if r.id in docs else "" for r in head]
         texts = [t or " " for t in texts]
         budget = min(self.rerank_timeout_s, self._remaining(timer))
         if budget <= 0:
             raise TimeoutError
-        aw = self.embedder.rerank(req.query, texts, model=self.rerank_model)
+        aw = self.embedder.rerank(req.query, texts, model=self.rerank_model, priority="interactive")
         try:
             scores = await self._timed(aw, budget, timer, "rerank")
         except TimeoutError:
@@ -385,12 +415,15 @@ class SearchPipeline:
         info = await self._indexer(
             self.collection_info(req.collection), self.retrieve_timeout_s, timer, "collection"
         )
+        # an alias resolves to its collection here, once, for every later call of this search
+        req = replace(req, collection=str(info.get("name") or req.collection))
         stage = search_defaults.stage_key(req.mode, req.fusion)
         weight, weight_source = search_defaults.choose_rerank_weight(
             req.rerank_weight, stage, info, self.default_rerank_weight
         )
         req = replace(req, rerank_weight=weight)
-        lexical, dense, notes = await self._retrieve(req, info, timer)
+        reasons: list[str] = []
+        lexical, dense, notes = await self._retrieve(req, info, timer, reasons)
         start = time.perf_counter()
         fused = self._fuse(req, lexical, dense)
         timer.add("fusion", start)
@@ -414,6 +447,7 @@ class SearchPipeline:
                 ce = await self._rerank(req, head, docs, timer)
             except Exception as exc:
                 notes.append(f"rerank skipped ({_describe(exc)}): fused order")
+                reasons.append(_reason("rerank", exc))
             else:
                 mixed = fusion.blend_rerank([r.score for r in head], ce, req.rerank_weight)
                 for r, s, m in zip(head, ce, mixed, strict=True):
@@ -455,7 +489,14 @@ class SearchPipeline:
         degraded = "; ".join(notes) if notes else None
         if degraded:
             log.warning("degraded search on %s: %s", req.collection, degraded)
-        return SearchResponse(hits=out, timings_ms=timer.timings, degraded=degraded)
+        failed = _failed_shards(lexical, dense)
+        return SearchResponse(
+            hits=out,
+            timings_ms=timer.timings,
+            degraded=degraded,
+            degraded_reasons=reasons,
+            failed_shards=failed,
+        )
 
 
 def _rerank_explain(
@@ -473,6 +514,15 @@ def _rerank_explain(
     if weight_info["weight"] == 0.0:
         return {"score": None, "blended": None, "skipped": "weight 0 keeps the fused order", **weight_info}
     return None
+
+
+def _failed_shards(*lists: list[Hit] | None) -> list[dict[str, Any]]:
+    """Shards missing from either retriever's merged hits (one entry per shard, first reason kept)."""
+    out: dict[int, dict[str, Any]] = {}
+    for lst in lists:
+        for f in getattr(lst, "failed_shards", None) or []:
+            out.setdefault(f.shard, f.to_dict())
+    return [out[k] for k in sorted(out)]
 
 
 def _stage(rec: fusion.Fused, slot: int) -> dict[str, Any] | None:

@@ -57,6 +57,15 @@ class SearchResponse:
     hits: list[SearchHit]
     timings_ms: dict[str, float]
     degraded: str | None = None
+    # one short code per fallback, ``<stage>_<cause>`` (e.g. ``embed_timeout``): the metrics' reason label
+    degraded_reasons: list[str] = field(default_factory=list)
+    # shards of a sharded collection that did not answer: the hits come from the others
+    failed_shards: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        """True when some shard's hits are missing."""
+        return bool(self.failed_shards)
 
 
 class CircuitBreaker:

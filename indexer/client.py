@@ -7,6 +7,7 @@ and HTTP (httpx against the indexer's REST routes). Hits are per document (best 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,6 +24,26 @@ class Hit:
     text: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     chunk: int = 0
+
+
+@dataclass
+class ShardFailure:
+    """A shard that did not answer (dead, timed out, failed) while the others did."""
+
+    shard: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"shard", "reason"}`` as search and write responses carry it."""
+        return {"shard": self.shard, "reason": self.reason}
+
+
+class PartialHits(list[Hit]):
+    """Hits merged from the shards that answered; ``failed_shards`` names the others (empty: complete)."""
+
+    def __init__(self, hits: Iterable[Hit] = (), failed_shards: list[ShardFailure] | None = None) -> None:
+        super().__init__(hits)
+        self.failed_shards: list[ShardFailure] = list(failed_shards or [])
 
 
 @runtime_checkable

@@ -276,12 +276,19 @@ class Collection(RotatedMixin):
         ]
 
     def search_lexical(
-        self, query: str, k: int, filters: dict[str, Any] | None = None, texts: int | None = None
+        self,
+        query: str,
+        k: int,
+        filters: dict[str, Any] | None = None,
+        texts: int | None = None,
+        stats: dict[str, Any] | None = None,
     ) -> list[Hit]:
-        """Top-k documents by BM25 (one per document; ``texts``: how many leading hits carry their text)."""
+        """Top-k documents by BM25 (one per document; ``texts``: how many leading hits carry their text).
+
+        ``stats``: collection-wide term statistics (sharded collections), see ``LexicalIndex.search``."""
         with self.lock.read():
             allowed = self._filter(filters)
-            dnos, scores = self.lexical.search(query, k, None if allowed is None else allowed[1])
+            dnos, scores = self.lexical.search(query, k, None if allowed is None else allowed[1], stats)
             keys = [int(d) for d in dnos]
             rows = self.store.doc_rows(keys, with_text=texts is None)
             if texts:
@@ -291,6 +298,11 @@ class Collection(RotatedMixin):
             for d, s in zip(dnos, scores, strict=True)
             if (r := rows.get(int(d))) is not None
         ]
+
+    def term_stats(self, query: str) -> dict[str, Any]:
+        """This shard's BM25 statistics of the query's terms (``num_docs``, ``df``)."""
+        with self.lock.read():
+            return self.lexical.term_stats(query)
 
     def get_documents(self, ids: Sequence[str]) -> list[dict[str, Any]]:
         """Stored documents in ``ids`` order."""

@@ -26,6 +26,7 @@ class FakeEmbedder:
         self.revision = revision
         self.fail = fail
         self.calls = 0
+        self.priorities: list[str | None] = []  # the priority of each embed() call
         self._cache: dict[str, np.ndarray] = {}
 
     def _word(self, w: str) -> np.ndarray:
@@ -57,9 +58,11 @@ class FakeEmbedder:
         instruction: str | None = None,
         dimensions: int | None = None,
         truncate: bool = True,
+        priority: str | None = None,
     ) -> EmbedResult:
-        """Embed like the real client (model name checked)."""
+        """Embed like the real client (model name checked); records the priority asked for."""
         self.calls += 1
+        self.priorities.append(priority)
         if self.fail:
             raise ConnectionError("fake embedder is down")
         if model not in (None, self.name):
@@ -70,7 +73,13 @@ class FakeEmbedder:
         return EmbedResult(vecs, [len(_WORD.findall(t)) for t in texts], self.name)
 
     async def rerank(
-        self, query: str, documents: list[str], *, model: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        model: str | None = None,
+        truncate: bool = True,
+        priority: str | None = None,
     ) -> list[float]:
         """Cosine of the fake vectors as a stand-in score."""
         q = self.encode([query])[0]

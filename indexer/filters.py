@@ -12,20 +12,27 @@ from typing import Any
 
 from indexer.errors import InvalidFilter
 
-KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
+KEY_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}\Z")  # \Z, not $: no trailing newline
 MAX_KEYS = 16
 MAX_IN = 1024
 RANGE_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 Scalar = str | int | float | bool
 
 
+INT64 = (-(2**63), 2**63 - 1)  # what SQLite binds; a larger int raised OverflowError (a 500)
+
+
 def _scalar(value: Any, field: str) -> Scalar:
-    if isinstance(value, bool | str):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidFilter(f"{field}: not valid Unicode (lone surrogate)", field=field) from None
         return value
     if isinstance(value, int | float):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidFilter(f"{field}: numbers must be finite", field=field)
-        return value
+        return _number(value, field)
     raise InvalidFilter(f"{field}: expected a string, number or boolean", field=field)
 
 
@@ -34,6 +41,8 @@ def _number(value: Any, field: str) -> float | int:
         raise InvalidFilter(f"{field}: range bounds must be numbers", field=field)
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidFilter(f"{field}: numbers must be finite", field=field)
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        raise InvalidFilter(f"{field}: integers must fit in 64 bits", field=field, limit=INT64[1])
     return value
 
 
@@ -53,8 +62,10 @@ def compile_filters(filters: dict[str, Any] | None, column: str = "metadata") ->
     clauses: list[str] = []
     params: list[Any] = []
     for key, cond in filters.items():
-        field = f"filters.{key}"
-        if not isinstance(key, str) or not KEY_RE.match(key):
+        field = (
+            f"filters.{key}" if isinstance(key, str) and key.isprintable() and key.isascii() else "filters"
+        )
+        if not isinstance(key, str) or not KEY_RE.fullmatch(key):
             raise InvalidFilter(f"{field}: bad metadata key", field=field, limit=KEY_RE.pattern)
         path = f'$."{key}"'
         expr = f"json_extract({column}, ?)"

@@ -15,25 +15,35 @@ from indexer.client import Hit
 
 
 class HttpIndexerClient:
-    """Implements ``indexer.client.IndexerClient`` over HTTP; transport failures -> DependencyFailed."""
+    """Implements ``indexer.client.IndexerClient`` over HTTP; transport failures -> DependencyFailed.
+
+    Also the gateway's handle on one shard: collection admin, writes, aliases and BM25 term statistics.
+    ``timeout_s`` bounds reads; writes embed their documents on the way and get ``write_timeout_s``.
+    """
 
     def __init__(
         self,
         base_url: str,
         timeout_s: float = 5.0,
         client: httpx.AsyncClient | None = None,
+        write_timeout_s: float = 300.0,
         token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.write_timeout_s = write_timeout_s
         self._client = client or httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout_s, headers=auth_headers(token)
         )
 
-    async def _call(self, method: str, path: str, json: Any = None) -> Any:
+    async def _call(self, method: str, path: str, json: Any = None, timeout: float | None = None) -> Any:
         # an unexpected 4xx (no Dowse category) is the indexer's fault, not the caller's
         return await request_json(
-            self._client, method, path, json, service="indexer", unknown=DependencyFailed
+            self._client, method, path, json, service="indexer", unknown=DependencyFailed, timeout=timeout
         )
+
+    async def request(self, method: str, path: str, json: Any = None, *, write: bool = False) -> Any:
+        """Any indexer route (``write``: with the write timeout); the JSON body or a DowseError."""
+        return await self._call(method, path, json, self.write_timeout_s if write else None)
 
     async def collection_info(self, name: str) -> dict[str, Any]:
         """The collection manifest + stats."""
@@ -65,10 +75,20 @@ class HttpIndexerClient:
         k: int,
         filters: dict[str, Any] | None = None,
         texts: int | None = None,
+        stats: dict[str, Any] | None = None,
     ) -> list[Hit]:
-        """Top-k documents by BM25."""
-        body = {"query": query, "k": k, "filters": filters, "texts": texts}
+        """Top-k documents by BM25 (``stats``: collection-wide term statistics of a sharded collection)."""
+        body: dict[str, Any] = {"query": query, "k": k, "filters": filters, "texts": texts}
+        if stats is not None:
+            body["stats"] = stats
         return _hits(await self._call("POST", f"/v1/collections/{_q(name)}/search/lexical", body))
+
+    async def term_stats(self, name: str, query: str) -> dict[str, Any]:
+        """This shard's ``{"num_docs", "df": {term: n}}`` for the query's BM25 terms."""
+        out: dict[str, Any] = await self._call(
+            "POST", f"/v1/collections/{_q(name)}/search/lexical/stats", {"query": query}
+        )
+        return out
 
     async def get_documents(self, name: str, ids: list[str]) -> list[dict[str, Any]]:
         """Stored documents in ``ids`` order."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from embedder.errors import DowseError, InvalidInput
 from indexer.collection import Collection
 from indexer.errors import JobNotFound
+from indexer.import_roots import resolve_job_path
 from indexer.ingest import Progress, count_records, detect_format, ingest
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 class IngestJobs:
     """Job methods of the indexer service (needs ``_get``, ``upsert``, ``validate_document``)."""
 
-    job_roots: list[Path] | None
+    job_roots: list[Path]
     _jobs: dict[str, asyncio.Task[Any]]
 
     if TYPE_CHECKING:
@@ -40,22 +41,26 @@ class IngestJobs:
         def validate_document(self, doc: Any, where: str | int) -> None: ...
 
     async def start_job(self, name: str, path: str | Path, fmt: str | None = None) -> dict[str, Any]:
-        """Start a background ingest of a JSONL / CSV / Parquet file; resumes by skipping stored ids."""
+        """Start a background ingest of a file under an import root (the API's jobs); resumable."""
         coll = self._get(name)
-        p = Path(path).expanduser().resolve()
-        if self.job_roots is not None and not any(p.is_relative_to(r) for r in self.job_roots):
-            raise InvalidInput(
-                "path is outside the allowed ingest roots",
-                field="path",
-                limit=[str(r) for r in self.job_roots],
-            )
-        if not p.is_file():
-            raise InvalidInput(f"no such file: {p}", field="path")
-        fmt = detect_format(p, fmt)
+        given = str(path)
+        resolved = await asyncio.to_thread(resolve_job_path, given, self.job_roots)
+        return await self._start(coll, given, resolved, fmt)
+
+    async def start_local_job(self, name: str, path: Path, fmt: str | None = None) -> dict[str, Any]:
+        """Start an ingest of a file named by the server's own configuration (the demo corpus): no roots."""
+        coll = self._get(name)
+        resolved = Path(path).expanduser().resolve()
+        if not resolved.is_file():
+            raise InvalidInput(f"no such file: {path}", field="path")
+        return await self._start(coll, str(path), resolved, fmt)
+
+    async def _start(self, coll: Collection, given: str, resolved: Path, fmt: str | None) -> dict[str, Any]:
+        fmt = detect_format(resolved, fmt)
         now = time.time()
         job: dict[str, Any] = {
             "id": uuid.uuid4().hex[:12],
-            "path": str(p),
+            "path": given,  # as the client gave it: a job never shows the server's resolved paths
             "format": fmt,
             "status": "queued",
             "total": None,
@@ -67,7 +72,8 @@ class IngestJobs:
             "updated_at": now,
         }
         await asyncio.to_thread(coll.store.job_put, job)
-        task = asyncio.create_task(self._run_job(coll, job))
+        task = asyncio.create_task(self._run_job(coll, job, resolved))
+        name = coll.name
         self._jobs[f"{name}/{job['id']}"] = task
         task.add_done_callback(lambda _t: self._jobs.pop(f"{name}/{job['id']}", None))
         return dict(job)
@@ -112,7 +118,7 @@ class IngestJobs:
             on_progress=on_progress,
         )
 
-    async def _run_job(self, coll: Collection, job: dict[str, Any]) -> None:
+    async def _run_job(self, coll: Collection, job: dict[str, Any], path: Path) -> None:
         last = 0.0
 
         def report(prog: Progress) -> None:
@@ -132,7 +138,7 @@ class IngestJobs:
         job["status"] = "running"
         await asyncio.to_thread(coll.store.job_put, job)
         try:
-            await self.run_ingest(coll.name, Path(job["path"]), job["format"], on_progress=report)
+            await self.run_ingest(coll.name, path, job["format"], on_progress=report)
             job["status"] = "completed"
         except asyncio.CancelledError:
             job["status"] = "cancelled"
@@ -140,10 +146,10 @@ class IngestJobs:
         except DowseError as exc:
             job["status"] = "failed"
             job["errors"] = [*job["errors"], exc.message][-100:]
-        except Exception as exc:
+        except Exception:
             log.exception("ingest job %s failed", job["id"])
             job["status"] = "failed"
-            job["errors"] = [*job["errors"], f"internal error: {type(exc).__name__}"][-100:]
+            job["errors"] = [*job["errors"], "internal error (see the server log)"][-100:]
         finally:
             job["updated_at"] = time.time()
             if coll.ready:
@@ -165,6 +171,8 @@ class IngestJobs:
 
 _TRANSIENT = ("not_ready", "overloaded", "dependency_failed")
 T = TypeVar("T")
+BACKOFF_BASE_S = 0.5  # first wait after a transient error; doubles per retry
+BACKOFF_CAP_S = 10.0  # longest single wait
 
 
 async def retry_transient(
@@ -172,12 +180,15 @@ async def retry_transient(
     what: str,
     retry_s: float | None = None,
     transient: tuple[str, ...] = _TRANSIENT,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> T:
-    """Await ``call()``, retrying DowseErrors of a ``transient`` type with backoff (0.5 s doubling to 10 s).
+    """Await ``call()``, retrying DowseErrors of a ``transient`` type with capped exponential backoff.
 
+    Waits ``BACKOFF_BASE_S`` doubling up to ``BACKOFF_CAP_S``: an embedder that answers 429 (its batch queue
+    is full) or 503 (loading) is given time instead of failing the ingest or queueing more work.
     ``retry_s``: give up (re-raise) once this many seconds were spent waiting; None waits for ever.
     """
-    delay, waited = 0.5, 0.0
+    delay, waited = BACKOFF_BASE_S, 0.0
     while True:
         try:
             return await call()
@@ -185,6 +196,6 @@ async def retry_transient(
             if exc.type not in transient or (retry_s is not None and waited >= retry_s):
                 raise
             log.warning("%s waits for a dependency (%s); retry in %.1f s", what, exc, delay)
-            await asyncio.sleep(delay)
+            await sleep(delay)
             waited += delay
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, BACKOFF_CAP_S)

@@ -7,10 +7,12 @@ reflects *at least*, so replaying SQLite changes after it is idempotent (delete-
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tantivy
@@ -28,6 +30,20 @@ def sanitize_query(query: str) -> str:
     return " ".join(_NON_ALNUM.sub(" ", query.lower()).split())
 
 
+def _analyzer(name: str) -> tantivy.TextAnalyzer:
+    """The same token chain as tantivy's built-in tokenizer of that name (``en_stem`` / ``default``)."""
+    builder = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+    builder = builder.filter(tantivy.Filter.remove_long(40)).filter(tantivy.Filter.lowercase())
+    if name == "en_stem":
+        builder = builder.filter(tantivy.Filter.stemmer("english"))
+    return builder.build()
+
+
+def bm25_idf(num_docs: int, doc_freq: int) -> float:
+    """Tantivy's (and Lucene's) BM25 idf: ``ln(1 + (N - n + 0.5) / (n + 0.5))``."""
+    return math.log(1.0 + (num_docs - doc_freq + 0.5) / (doc_freq + 0.5))
+
+
 class LexicalIndex:
     """One collection's tantivy index; writes are serialised by the collection's RW lock."""
 
@@ -35,6 +51,7 @@ class LexicalIndex:
         self.root = root
         self.analyzer = analyzer
         self.heap_mb = heap_mb
+        self._analyze = _analyzer(analyzer)
         root.mkdir(parents=True, exist_ok=True)
         self._open()
 
@@ -83,15 +100,73 @@ class LexicalIndex:
         """Live documents."""
         return int(self.index.searcher().num_docs)
 
+    def terms(self, query: str) -> list[str] | None:
+        """The query's index terms as tantivy's query parser makes them: one per distinct word, in
+        order (two words with one stem give that term twice). None when a word splits into several
+        tokens (the parser makes a phrase of it)."""
+        out: list[str] = []
+        for word in dict.fromkeys(sanitize_query(query).split()):
+            toks = self._analyze.analyze(word)
+            if len(toks) > 1:
+                return None
+            out.extend(toks)
+        return out
+
+    def term_stats(self, query: str) -> dict[str, Any]:
+        """This index's share of the collection-wide BM25 statistics of ``query``'s terms."""
+        searcher = self.index.searcher()
+        terms = self.terms(query) or []
+        return {
+            "num_docs": int(searcher.num_docs),
+            "df": {t: int(searcher.doc_freq("body", t)) for t in dict.fromkeys(terms)},
+        }
+
+    def _global_query(
+        self, searcher: tantivy.Searcher, text: str, stats: dict[str, Any]
+    ) -> tantivy.Query | None:
+        """``text`` as OR of its terms, each boosted by collection-wide idf / this shard's idf.
+
+        Tantivy takes its idf from the local index only; a boost per term rescales it to the idf of the
+        whole collection (summed ``num_docs`` and document frequencies of every shard), so each shard
+        scores as one index holding every document would, but for the average field length, which stays
+        the shard's own (the documented residual; measured in bench/shards.py). None: fall back to the
+        plain parse (a word the tokenizer splits, i.e. a phrase query).
+        """
+        terms = self.terms(text)
+        if terms is None:
+            return None
+        n_local = int(searcher.num_docs)
+        n_global = int(stats.get("num_docs") or 0)
+        df_global: dict[str, Any] = stats.get("df") or {}
+        clauses = []
+        for t in terms:
+            df_local = int(searcher.doc_freq("body", t))
+            if df_local == 0:
+                continue  # no posting here: the term scores nothing on this shard
+            dfg = int(df_global.get(t, df_local))
+            boost = bm25_idf(max(n_global, dfg), dfg) / bm25_idf(n_local, df_local)
+            term = tantivy.Query.term_query(self.schema, "body", t)
+            clauses.append((tantivy.Occur.Should, tantivy.Query.boost_query(term, boost)))
+        return tantivy.Query.boolean_query(clauses) if clauses else tantivy.Query.empty_query()
+
     def search(
-        self, query: str, k: int, allowed_dnos: np.ndarray | None = None
+        self,
+        query: str,
+        k: int,
+        allowed_dnos: np.ndarray | None = None,
+        stats: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (dnos, BM25 scores); ``allowed_dnos`` restricts hits to those documents."""
+        """Top-``k`` (dnos, BM25 scores); ``allowed_dnos`` restricts hits to those documents.
+
+        ``stats`` (``{"num_docs", "df": {term: n}}`` summed over all shards) switches the idf of each term
+        to the collection-wide one (see :meth:`_global_query`).
+        """
         text = sanitize_query(query)
         if not text or k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         searcher = self.index.searcher()
-        parsed = self.index.parse_query(text, ["body"])
+        glob = self._global_query(searcher, text, stats) if stats is not None else None
+        parsed = glob if glob is not None else self.index.parse_query(text, ["body"])
         if allowed_dnos is not None and len(allowed_dnos) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         if allowed_dnos is not None and len(allowed_dnos) <= TERM_SET_MAX:

@@ -13,7 +13,8 @@ from typing import Any
 from indexer.errors import InvalidCollectionSpec
 
 SCHEMA_VERSION = 1
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# \A...\Z (``$`` accepted "name\n"): strict with match() and fullmatch() alike
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf-pq")
 CODES = (None, "sq8", "binary")
 METRICS = ("cosine", "ip", "l2")
@@ -99,6 +100,8 @@ class Manifest:
     analyzer: str = "en_stem"
     chunk_tokens: int = 256
     chunk_overlap: int = 32
+    shards: int = 1  # shard count of the collection, fixed at creation (indexer.sharding.shard_of)
+    shard: int = 0  # which of them this indexer holds
     # dims < model_dim: store full-dim vectors, fit a per-collection PCA rotation (indexer.rotation), index
     # the rotated leading ``dims`` and funnel-rescore with full dims. False on manifests written before it.
     rotate: bool = False
@@ -139,7 +142,7 @@ class Manifest:
 
 def validate_name(name: str) -> str:
     """A collection name is 1-64 chars of letters, digits, ``_.-`` (no leading punctuation)."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidCollectionSpec(
             "collection name must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}", field="name", limit=NAME_RE.pattern
         )

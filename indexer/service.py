@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from embedder.client import EmbedderClient
-from embedder.errors import Conflict, DependencyFailed, DowseError, InvalidInput
+from embedder.errors import Conflict, DependencyFailed, DowseError
+from indexer.aliases import AliasOps, AliasStore
 from indexer.chunking import Chunker, offsets_for_model, passage_text
-from indexer.client import Hit
 from indexer.collection import Collection
 from indexer.errors import (
     CollectionExists,
@@ -28,16 +27,15 @@ from indexer.errors import (
     InvalidCollectionSpec,
     ManifestMismatch,
 )
-from indexer.filters import compile_filters
+from indexer.import_roots import import_roots
 from indexer.jobs import IngestJobs
 from indexer.manifest import ANALYZERS, METRICS, IndexSpec, Manifest, validate_name
-from indexer.rotated import MAX_FUNNEL_M
+from indexer.search_ops import SearchOps
+from indexer.sharding import shard_of
 from indexer.store import PreparedDoc
 from indexer.validate import (
-    MAX_QUERY_CHARS,
     check_ids,
-    check_k,
-    check_texts,
+    check_shards,
     validate_batch,
     validate_document,
 )
@@ -45,7 +43,7 @@ from indexer.validate import (
 log = logging.getLogger(__name__)
 
 
-class IndexerService(IngestJobs):
+class IndexerService(IngestJobs, AliasOps, SearchOps):
     """All collections under ``data_dir/collections``; embeds documents through ``embedder``."""
 
     def __init__(
@@ -69,8 +67,10 @@ class IndexerService(IngestJobs):
         self.embed_batch = embed_batch
         self.snapshot_every = snapshot_every
         self.rotation_min_chunks = rotation_min_chunks
-        self.job_roots = [p.resolve() for p in job_roots] if job_roots else None
+        # ingest jobs started through the API read only files under these (imports first)
+        self.job_roots = import_roots(Path(data_dir), job_roots)
         self._collections: dict[str, Collection] = {}
+        self.aliases = AliasStore(Path(data_dir) / "aliases.json")
         self._chunkers: dict[str, Chunker] = {}
         self._create_lock = asyncio.Lock()
         self._jobs: dict[str, asyncio.Task[Any]] = {}
@@ -118,7 +118,7 @@ class IndexerService(IngestJobs):
         self._collections.clear()
 
     def _get(self, name: str) -> Collection:
-        coll = self._collections.get(name)
+        coll = self._collections.get(self.resolve_name(name))
         if coll is None:
             raise CollectionNotFound(f"collection {name!r} does not exist", field="collection")
         if not coll.ready:
@@ -138,14 +138,20 @@ class IndexerService(IngestJobs):
         chunk_tokens: int | None = None,
         chunk_overlap: int | None = None,
         exist_ok: bool = False,
+        shards: int = 1,
+        shard: int | None = None,
         rotate: bool | None = None,
     ) -> dict[str, Any]:
         """Create a collection pinned to ``model`` (revision, prompts and dims from the embedder).
 
+        ``shards`` > 1: this indexer holds shard ``shard`` of them (the gateway creates every shard).
         ``rotate`` (default: ``dims`` < the model's dim): fit a per-collection PCA rotation, index its
         leading ``dims`` and re-score shortlists at full dims (see :mod:`indexer.rotated`).
         """
         validate_name(name)
+        shard = check_shards(shards, shard)
+        if self.aliases.resolve(name) is not None:
+            raise CollectionExists(f"{name!r} is an alias; a collection needs another name", field="name")
         spec = IndexSpec.parse(index)
         if metric not in METRICS:
             raise InvalidCollectionSpec(
@@ -197,6 +203,8 @@ class IndexerService(IngestJobs):
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
             rotate=rotate,
+            shards=shards,
+            shard=shard,
         )
         async with self._create_lock:
             existing = self._collections.get(name)
@@ -234,8 +242,15 @@ class IndexerService(IngestJobs):
         return await asyncio.to_thread(self._get(name).put_search_defaults, doc)
 
     async def delete_collection(self, name: str) -> dict[str, Any]:
-        """Delete a collection and its files."""
+        """Delete a collection and its files (409 while an alias points at it)."""
         coll = self._get(name)
+        name = coll.manifest.name
+        pointing = self.aliases.aliases_of(name)
+        if pointing:
+            raise Conflict(
+                f"collection {name!r} is the target of alias(es) {pointing}: switch or delete them first",
+                field="collection",
+            )
         for job_id, task in list(self._jobs.items()):
             if job_id.startswith(f"{name}/"):
                 task.cancel()
@@ -274,6 +289,16 @@ class IndexerService(IngestJobs):
                 f"collection {name!r} has {man.dims} dims, not {dims}", field="dims", limit=man.dims
             )
         validate_batch(docs, self.max_batch_docs, self.max_doc_chars)
+        if man.shards > 1:  # a write that bypassed the gateway's routing would make ids unfindable
+            for i, d in enumerate(docs):
+                owner = shard_of(d["id"], man.shards)
+                if owner != man.shard:
+                    raise ManifestMismatch(
+                        f"document {d['id']!r} belongs to shard {owner} of {man.shards}, this is shard "
+                        f"{man.shard}: write through the gateway",
+                        field=f"documents[{i}].id",
+                        limit=owner,
+                    )
         await self._check_revision(man)
         chunker = self._chunker(man)
         plans = await asyncio.to_thread(
@@ -316,11 +341,13 @@ class IndexerService(IngestJobs):
                     prompt_name=man.prompt,
                     dimensions=man.store_dims,
                     truncate=True,
+                    priority="batch",  # bulk work: micro-batches behind searches' query embeddings
                 )
             except DowseError:
                 raise
             except Exception as exc:
-                raise DependencyFailed(f"embedder failed: {type(exc).__name__}", field="embedder") from exc
+                log.warning("embedder call failed: %r", exc)
+                raise DependencyFailed("embedder failed", field="embedder") from exc
             vec = np.asarray(res.vectors, dtype=np.float32)
             if vec.shape != (len(batch), man.store_dims):
                 raise ManifestMismatch(
@@ -347,7 +374,8 @@ class IndexerService(IngestJobs):
         except DowseError:
             raise
         except Exception as exc:
-            raise DependencyFailed(f"embedder failed: {type(exc).__name__}", field="embedder") from exc
+            log.warning("embedder call failed: %r", exc)
+            raise DependencyFailed("embedder failed", field="embedder") from exc
 
     async def _check_revision(self, man: Manifest) -> None:
         """Refuse writes when the embedder now serves another revision of the pinned model (cached 60 s)."""
@@ -376,118 +404,6 @@ class IndexerService(IngestJobs):
         check_ids(ids, self.max_batch_docs)
         return await asyncio.to_thread(coll.get_documents, ids)
 
-    # ---- search -------------------------------------------------------------------------------
-    async def search_dense(
-        self,
-        name: str,
-        vector: Any,
-        k: int = 10,
-        filters: dict[str, Any] | None = None,
-        per_chunk: bool = False,
-        texts: int | None = None,
-        funnel_m: int | None = None,
-        funnel_dims: int | None = None,
-    ) -> list[Hit]:
-        """Top-k by vector similarity; ``vector`` must have the collection's dims.
-
-        A rotating collection takes full model-dim vectors (rotated here, shortlisted in ``dims`` and the
-        top ``funnel_m`` re-scored at full dims) or ``dims``-dim vectors already rotated (``/v1/embeddings``
-        with ``collection``), searched in ``dims`` only.
-
-        ``texts``: how many leading hits carry title/text/metadata (None: all; the gateway asks only for
-        the few it shows or reranks).
-        """
-        coll = self._get(name)
-        check_k(k)
-        compile_filters(filters)
-        try:
-            q = np.asarray(vector, dtype=np.float32).reshape(-1)
-        except (TypeError, ValueError):
-            raise InvalidInput("vector must be a list of numbers", field="vector") from None
-        man = coll.manifest
-        ok_dims = {man.store_dims, man.dims} if coll.rotation is not None else {man.store_dims}
-        if q.shape[0] not in ok_dims:
-            raise InvalidInput(
-                f"vector has {q.shape[0]} dims, collection {name!r} has "
-                + " or ".join(str(d) for d in sorted(ok_dims, reverse=True)),
-                field="vector",
-                limit=man.store_dims,
-            )
-        if funnel_m is not None and (
-            isinstance(funnel_m, bool) or not isinstance(funnel_m, int) or not 0 <= funnel_m <= MAX_FUNNEL_M
-        ):
-            raise InvalidInput(
-                f"funnel_m must be an integer in [0, {MAX_FUNNEL_M}]", field="funnel_m", limit=MAX_FUNNEL_M
-            )
-        if not np.all(np.isfinite(q)):
-            raise InvalidInput("vector values must be finite", field="vector")
-        if coll.manifest.metric == "cosine":
-            norm = float(np.linalg.norm(q))
-            if norm == 0 or not math.isfinite(norm):
-                raise InvalidInput("vector must be non-zero for cosine similarity", field="vector")
-            q = q / norm
-        if funnel_dims is not None and (
-            isinstance(funnel_dims, bool)
-            or not isinstance(funnel_dims, int)
-            or not 1 <= funnel_dims <= man.dims
-            or man.metric == "l2"
-            or not man.rotate
-        ):
-            raise InvalidInput(
-                f"funnel_dims must be an integer in [1, {man.dims}] on a rotating cosine / ip collection",
-                field="funnel_dims",
-                limit=man.dims,
-            )
-        check_texts(texts)
-        return await asyncio.to_thread(
-            coll.search_dense, q, k, filters, per_chunk, None, texts, funnel_m, funnel_dims
-        )
-
-    # ---- rotation -----------------------------------------------------------------------------
-    async def rotation_info(self, name: str) -> dict[str, Any]:
-        """The serving rotation of a collection (version 0: none fitted yet, full dims)."""
-        coll = self._get(name)
-        return await asyncio.to_thread(coll.rotation_info)
-
-    async def refit_rotation(self, name: str) -> dict[str, Any]:
-        """Re-fit the collection's rotation on its current vectors; atomic swap (old serves on failure)."""
-        coll = self._get(name)
-        if not coll.manifest.rotate:
-            raise InvalidCollectionSpec(f"collection {name!r} does not rotate", field="collection")
-        try:
-            return await asyncio.to_thread(coll.refit)
-        except LookupError as exc:
-            raise Conflict(f"too few vectors to fit a rotation: {exc}", field="collection") from None
-
-    async def rotate_vectors(self, name: str, vecs: np.ndarray, dims: int) -> np.ndarray:
-        """Full-dim vectors -> collection ``name``'s rotated leading ``dims`` (for /v1/embeddings)."""
-        coll = self._get(name)
-        if coll.rotation is None:
-            raise InvalidInput(
-                f"collection {name!r} has no rotation fitted yet",
-                field="collection",
-                limit=coll.manifest.dims,
-            )
-        return await asyncio.to_thread(coll.rotate_vectors, vecs, dims)
-
-    async def search_lexical(
-        self,
-        name: str,
-        query: str,
-        k: int = 10,
-        filters: dict[str, Any] | None = None,
-        per_chunk: bool = False,
-        texts: int | None = None,
-    ) -> list[Hit]:
-        """Top-k documents by BM25 (``per_chunk`` accepted for symmetry: lexical hits are whole documents)."""
-        coll = self._get(name)
-        check_k(k)
-        compile_filters(filters)
-        if not isinstance(query, str) or len(query) > MAX_QUERY_CHARS:
-            raise InvalidInput("query must be a string", field="query", limit=MAX_QUERY_CHARS)
-        check_texts(texts)
-        return await asyncio.to_thread(coll.search_lexical, query, k, filters, texts)
-
 
 def name_alias(model: str) -> str:
     """Canonical preset name (``all-MiniLM-L6-v2`` -> ``minilm``) for comparisons."""
@@ -509,6 +425,8 @@ def _same_config(a: Manifest, b: Manifest, rotate: bool = True) -> bool:
         "analyzer",
         "chunk_tokens",
         "chunk_overlap",
+        "shards",
+        "shard",
         *(("rotate",) if rotate else ()),
     )
     return all(getattr(a, k) == getattr(b, k) for k in keys)

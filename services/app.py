@@ -1,7 +1,8 @@
 """Application factory: ``create_app(settings, roles)`` mounts the routes of the chosen roles.
 
 Each role module (``services.embedder_api``, ``services.indexer_api``, ``services.gateway_api``,
-``services.cache_api``) exposes ``router`` plus ``async start(app, settings)`` / ``async stop(app)``.
+``services.cache_api``, ``services.ui_api``) exposes ``router`` plus ``async start(app, settings)`` /
+``async stop(app)``.
 Shared objects live on ``app.state``:
 
 - ``embedder_client``: an ``embedder.client.EmbedderClient`` (in-process when the embedder role is
@@ -25,14 +26,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.auth import AuthMiddleware, Guard
 from services.errors import error_body, install_error_handlers
+from services.guard import DEFAULT_MAX_BODY_BYTES, RequestGuard, default_allowed_hosts
 
 log = logging.getLogger(__name__)
 
 ROLE_MODULES: dict[str, list[str]] = {
     "embedder": ["services.embedder_api"],
-    "indexer": ["services.indexer_api"],
-    "gateway": ["services.gateway_api", "services.cache_api", "services.keys_api"],
+    "indexer": ["services.indexer_api", "services.aliases_api"],
+    "gateway": [
+        "services.gateway_api",
+        "services.cache_api",
+        "services.keys_api",
+        "services.shards_api",
+        "services.ui_api",
+    ],
 }
+# the gateway's collection routes front remote indexer shards; with the indexer in the same process its
+# own routes answer instead
+SHADOWED_BY = {"services.shards_api": "indexer"}
 ALL_ROLES = ("embedder", "indexer", "gateway")
 
 
@@ -41,15 +52,20 @@ def _auth_redis(settings: Any) -> Any:
     url = getattr(settings, "redis_url", None)
     if not url:
         return None
-    import redis.asyncio as aioredis
+    from gateway.cache.redis_client import is_cluster, make_client
 
-    return aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return make_client(url, is_cluster(url, getattr(settings, "redis_cluster", False)), 0.5, 0.5)
 
 
 def create_app(settings: Any, roles: Iterable[str] = ALL_ROLES) -> FastAPI:
     """Build the FastAPI app for ``roles`` (embedder → indexer → gateway start order)."""
     roles = [r for r in ALL_ROLES if r in set(roles)]
-    modules = [import_module(name) for role in roles for name in ROLE_MODULES[role]]
+    modules = [
+        import_module(name)
+        for role in roles
+        for name in ROLE_MODULES[role]
+        if SHADOWED_BY.get(name) not in roles
+    ]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,6 +97,14 @@ def create_app(settings: Any, roles: Iterable[str] = ALL_ROLES) -> FastAPI:
     auth_redis = _auth_redis(settings) if "gateway" in roles else None
     app.state.auth_guard = Guard(settings, roles, auth_redis)
     app.add_middleware(AuthMiddleware, guard=app.state.auth_guard)
+    allowed = getattr(settings, "allowed_hosts", None)
+    if allowed is None:
+        allowed = default_allowed_hosts(str(getattr(settings, "host", "127.0.0.1")))
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=int(getattr(settings, "max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
+        allowed_hosts=None if "*" in allowed else allowed,
+    )
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, Any]:

@@ -73,6 +73,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/health"): Rule(OPEN),
     ("GET", "/ready"): Rule(OPEN),
     # the playground's static files (code, no data); the page asks for a key and sends it
+    ("GET", "/"): Rule(OPEN),  # a redirect to /ui/
     ("GET", "/ui"): Rule(OPEN),
     ("GET", "/ui/{path:path}"): Rule(OPEN),
     ("GET", "/metrics"): Rule(("admin",)),
@@ -98,6 +99,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/collections/{name}/documents/{doc_id:path}"): Rule(("search",), C, path="name"),
     ("POST", "/v1/collections/{name}/search/dense"): Rule(("search",), C, path="name"),
     ("POST", "/v1/collections/{name}/search/lexical"): Rule(("search",), C, path="name"),
+    ("POST", "/v1/collections/{name}/search/lexical/stats"): Rule(("search",), C, path="name"),
     ("GET", "/v1/collections/{name}/rotation"): Rule(("search", "write"), C, path="name"),
     ("POST", "/v1/collections/{name}/rotation/refit"): Rule(("write",), C, path="name"),
     ("POST", "/v1/collections/{name}/jobs"): Rule(("write",), C, path="name"),
@@ -108,11 +110,17 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/search/defaults/{collection}"): Rule(("search",), C, path="collection"),
     ("POST", "/v1/cache/lookup"): Rule(("cache",), NS, body="namespace"),
     ("POST", "/v1/cache/store"): Rule(("cache",), NS, body="namespace"),
-    # lookup_id alone: the handler checks the lookup's namespace (services.cache_api.feedback)
+    # the body names the namespace; the service checks the lookup id belongs to it
     ("POST", "/v1/cache/feedback"): Rule(("cache",), NS, body="namespace"),
     ("DELETE", "/v1/cache/namespaces/{namespace}"): Rule(("cache",), NS, path="namespace"),
     ("DELETE", "/v1/cache/namespaces/{namespace}/entries/{entry_id}"): Rule(("cache",), NS, path="namespace"),
     ("GET", "/v1/cache/stats"): Rule(("cache",), NS, query="namespace"),
+    ("GET", "/v1/cache/namespaces"): Rule(("cache",)),  # the handler lists only names in scope
+    # playground: relevance judgements of a collection's hits; eval / bench result files (no collection data)
+    ("POST", "/v1/judgements"): Rule(("search",), C, body="collection"),
+    ("GET", "/v1/judgements/{collection}"): Rule(("search",), C, path="collection"),
+    ("GET", "/v1/eval/results"): Rule(ANY_KEY),
+    ("GET", "/v1/eval/results/{source}/{name}"): Rule(ANY_KEY),
     ("GET", "/v1/aliases"): Rule(("admin",)),
     ("PUT", "/v1/aliases/{alias}"): Rule(("admin",)),
     ("DELETE", "/v1/aliases/{alias}"): Rule(("admin",)),

@@ -14,12 +14,14 @@ from embedder.errors import InvalidInput, NotReady
 from gateway.cache.judge import EmbeddingJudge, ExactMatchJudge, Judge
 from gateway.cache.service import CacheConfig, CacheService
 from gateway.cache.validate import CacheLimits
-from services.auth import allowed, covers_all, service_token
+from services import cache_ui
+from services.auth import allowed, service_token
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/cache", tags=["cache"])
 
-NS_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+NS_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"  # pydantic (Rust regex): $ is the end of the text
+ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"  # entry and lookup ids (gateway.cache.store.ID_RE)
 Scope = str | dict[str, Any] | None
 
 # Prometheus metrics: module level, defined once per process.
@@ -46,6 +48,7 @@ class LookupRequest(BaseModel):
     policy: Literal["adaptive", "static"] = "adaptive"
     max_error: float | None = Field(None, gt=0, lt=1, description="delta of the adaptive policy")
     threshold: float | None = Field(None, ge=0, le=1, description="similarity threshold of the static policy")
+    explain: bool = Field(False, description="add the policy's inputs: contrast score, fit, risk, bound")
 
 
 class LookupResponse(BaseModel):
@@ -59,6 +62,7 @@ class LookupResponse(BaseModel):
     entry_id: str | None = None
     exploit_probability: float | None = None
     degraded: str | None = None
+    explain: dict[str, Any] | None = None
 
 
 class StoreRequest(BaseModel):
@@ -82,12 +86,12 @@ class StoreResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    """``POST /v1/cache/feedback``: a lookup id, or namespace + entry id + prompt (+ scope)."""
+    """``POST /v1/cache/feedback``: namespace + lookup id, or namespace + entry id + prompt (+ scope)."""
 
-    lookup_id: str | None = Field(None, min_length=1, max_length=64)
+    lookup_id: str | None = Field(None, min_length=1, max_length=64, pattern=ID_PATTERN)
     response: str = Field(min_length=1, description="the fresh LLM response")
     namespace: str | None = Field(None, pattern=NS_PATTERN, max_length=128)
-    entry_id: str | None = Field(None, min_length=1, max_length=64)
+    entry_id: str | None = Field(None, min_length=1, max_length=64, pattern=ID_PATTERN)
     prompt: str | None = Field(None, min_length=1)
     scope: Scope = None
 
@@ -101,6 +105,12 @@ class FeedbackResponse(BaseModel):
     observations: int
 
 
+class CacheUnavailable(NotReady):
+    """Redis is down: a store cannot be kept (503; lookups keep answering miss)."""
+
+    type = "unavailable"
+
+
 def _svc(request: Request) -> CacheService:
     svc: CacheService | None = getattr(request.app.state, "cache", None)
     if svc is None or not svc.started:
@@ -112,6 +122,7 @@ def _svc(request: Request) -> CacheService:
 async def lookup(req: LookupRequest, request: Request) -> LookupResponse:
     """Serve a cached response (exploit), ask for feedback (explore), or miss."""
     svc = _svc(request)
+    before = cache_ui.budget_before(svc, req.namespace, req.policy, req.max_error) if req.explain else None
     t0 = time.perf_counter()
     res = await svc.lookup(req.namespace, req.prompt, req.scope, req.policy, req.max_error, req.threshold)
     LATENCY.observe(time.perf_counter() - t0)
@@ -125,37 +136,58 @@ async def lookup(req: LookupRequest, request: Request) -> LookupResponse:
             import math
 
             EST_WRONG.inc(1.0 - 1.0 / (1.0 + math.exp(-fit.gamma * (res.similarity - fit.t))))
-    return LookupResponse(**res.__dict__)
+    out = LookupResponse(**res.__dict__)
+    if before is not None:
+        out.explain = await cache_ui.explain(
+            svc, req.namespace, req.policy, req.max_error, req.threshold, res, before
+        )
+    return out
 
 
 @router.post("/store", response_model=StoreResponse, response_model_exclude_none=True)
 async def store(req: StoreRequest, request: Request) -> StoreResponse:
-    """Store a prompt/response pair (dropped, counted, when Redis is down)."""
+    """Store a prompt/response pair (503, dropped and counted, when Redis is down)."""
     svc = _svc(request)
     res = await svc.store(req.namespace, req.prompt, req.response, req.scope, req.metadata, req.ttl_s)
     STORES.labels("stored" if res.stored else "dropped").inc()
+    if not res.stored:  # Redis down: the client must know the pair was not kept (issue 10: 503)
+        raise CacheUnavailable("cache store (Redis) is unavailable: the pair was not stored", field="redis")
     return StoreResponse(**res.__dict__)
+
+
+def feedback_source(request: Request) -> str:
+    """Who gives feedback: the API key's id when the request carried one, else the client's address."""
+    key_id = getattr(getattr(request.state, "principal", None), "key_id", None)
+    if key_id:
+        return f"key:{key_id}"
+    client = request.client
+    return f"addr:{client.host if client else 'unknown'}"
 
 
 @router.post("/feedback", response_model=FeedbackResponse)
 async def feedback(req: FeedbackRequest, request: Request) -> FeedbackResponse:
     """Judge the cached response against the fresh one and update the entry's statistics."""
     svc = _svc(request)
+    source = feedback_source(request)
     if req.lookup_id is not None:
-        if not covers_all(request, "cache"):  # a scoped key: the lookup's namespace must be in scope
-            from gateway.cache.feedback import UnknownLookup
-
-            ns = await svc.lookup_namespace(req.lookup_id)
-            if ns is None or not allowed(request, "cache", ns):  # out of scope answers like unknown
-                raise UnknownLookup(f"unknown or expired lookup id {req.lookup_id!r}", field="lookup_id")
-        res = await svc.feedback(req.lookup_id, req.response)
+        if req.namespace is None:  # a lookup id alone authorises nothing: it must match its namespace
+            raise InvalidInput("feedback names the lookup's namespace", field="namespace")
+        res = await svc.feedback(req.lookup_id, req.response, namespace=req.namespace, source=source)
     elif req.namespace and req.entry_id and req.prompt:
-        res = await svc.feedback_entry(req.namespace, req.entry_id, req.prompt, req.response, req.scope)
+        res = await svc.feedback_entry(
+            req.namespace, req.entry_id, req.prompt, req.response, req.scope, source=source
+        )
     else:
-        raise InvalidInput("give lookup_id, or namespace + entry_id + prompt", field="lookup_id")
+        raise InvalidInput("give namespace + lookup_id, or namespace + entry_id + prompt", field="lookup_id")
     outcome = "none" if res.correct is None else ("correct" if res.correct else "wrong")
     FEEDBACK.labels(outcome).inc()
     return FeedbackResponse(**res.__dict__)
+
+
+@router.get("/namespaces")
+async def list_namespaces(request: Request) -> dict[str, Any]:
+    """Namespace names with their entry and lookup counts (with auth on: those in the key's cache scope)."""
+    return await cache_ui.namespaces(_svc(request), lambda ns: allowed(request, "cache", ns))
 
 
 @router.delete("/namespaces/{namespace}")
@@ -182,13 +214,14 @@ async def delete_entry(namespace: str, entry_id: str, request: Request) -> dict[
 
 
 @router.get("/stats")
-async def stats(request: Request, namespace: str | None = None) -> dict[str, Any]:
-    """Entries, lookups, exploit/explore/miss rates and the policy's estimated error rate."""
-    svc = _svc(request)
-    if namespace is not None:
-        from gateway.cache.validate import check_namespace
+async def stats(request: Request, namespace: str) -> dict[str, Any]:
+    """One namespace's entries, lookups, exploit/explore/miss rates and estimated error rate.
 
-        check_namespace(namespace)
+    The namespace is required: an answer never sums other tenants' counters."""
+    from gateway.cache.validate import check_namespace
+
+    svc = _svc(request)
+    check_namespace(namespace)
     out = await svc.stats(namespace)
     REDIS_UP.set(1 if svc.redis_ok else 0)
     ENTRIES.set(svc.mirror.count())
@@ -208,6 +241,8 @@ def config_from_settings(settings: Any) -> CacheConfig:
         prior_weight=g("cache_prior_weight", 5.0),
         use_prior=g("cache_use_prior", True),
         min_similarity=g("cache_min_similarity", 0.0),
+        source_bin=g("cache_source_bin", CacheConfig.source_bin),
+        min_sources=g("cache_min_sources", 1),
         contrast_weight=g("cache_contrast_weight", CacheConfig.contrast_weight),
         max_entries=g("cache_max_entries", 1_000_000),
         default_ttl_s=g("cache_default_ttl_s"),
@@ -215,6 +250,10 @@ def config_from_settings(settings: Any) -> CacheConfig:
         lookup_ttl_s=g("cache_lookup_ttl_s", 3600),
         op_timeout_s=g("cache_op_timeout_s", 0.04),
         embed_model=g("cache_embed_model"),
+        redis_cluster=g("redis_cluster", False),
+        store_replicas=g("cache_store_replicas", 0),
+        store_replicas_timeout_ms=g("cache_store_replicas_timeout_ms", 200),
+        sync_poll_s=g("cache_sync_poll_s", 0.05),
         limits=CacheLimits(
             max_prompt_chars=g("cache_max_prompt_chars", 32_768),
             max_response_chars=g("cache_max_response_chars", 262_144),

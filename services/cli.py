@@ -2,7 +2,7 @@
 
 Commands are contributed by role modules through ``register(app)``:
 ``services.cli_models`` (models export/list), ``services.cli_index`` (index),
-``services.cli_eval`` (eval), ``services.cli_cache`` (cache-eval).
+``services.cli_eval`` (eval), ``services.cli_cache`` (cache-eval), ``services.cli_cluster`` (cluster up).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from services import cli_cache, cli_eval, cli_index, cli_keys, cli_models, cli_rotation
+from services import cli_cache, cli_cluster, cli_eval, cli_index, cli_keys, cli_models, cli_rotation
 
 app = typer.Typer(name="dowse", help="Dowse: embed, index, search and cache.", no_args_is_help=True)
 
@@ -74,7 +74,7 @@ def serve(
     uvicorn.run(create_app(settings, roles), host=settings.host, port=settings.port, log_config=None)
 
 
-for _mod in (cli_models, cli_index, cli_eval, cli_cache, cli_keys, cli_rotation):
+for _mod in (cli_models, cli_index, cli_eval, cli_cache, cli_keys, cli_cluster, cli_rotation):
     _mod.register(app)
 
 

@@ -47,6 +47,13 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="SQLite cache of cross-encoder scores (default <data_dir>/ce.sqlite)"),
         ] = None,
+        qrels: Annotated[
+            Path | None,
+            typer.Option(
+                help="queries.jsonl + qrels/test.tsv to judge by instead of the dataset's, e.g. the "
+                "playground's <data-dir>/judgements/<collection> (its ids must be the dataset's corpus ids)"
+            ),
+        ] = None,
     ) -> None:
         """Evaluate search configurations: nDCG@10 / Recall@100 (pytrec_eval), MRR@10, latency, QPS, plot."""
         from gateway.eval_runner import DEFAULT_CONFIGS, validate_configs
@@ -56,8 +63,10 @@ def register(app: typer.Typer) -> None:
         settings = ServeSettings(**({"data_dir": data_dir} if data_dir else {}))
         configure_logging(settings.log_level, settings.log_json)
         for f in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
-            if not (dataset / f).is_file():
-                raise typer.BadParameter(f"missing {dataset / f}", param_hint="--dataset")
+            base = dataset if f == "corpus.jsonl" or qrels is None else qrels
+            if not (base / f).is_file():
+                hint = "--dataset" if base == dataset else "--qrels"
+                raise typer.BadParameter(f"missing {base / f}", param_hint=hint)
         try:
             configs = validate_configs(config or list(DEFAULT_CONFIGS))
         except ValueError as exc:
@@ -70,6 +79,7 @@ def register(app: typer.Typer) -> None:
             rerank_budget_s=rerank_budget_s,
             ce_cache=ce_cache or settings.data_dir / "ce.sqlite",
             write_defaults=write_defaults,
+            qrels=qrels,
         )
         asyncio.run(_run(settings, dataset, configs, out, name, opts))
 
@@ -96,7 +106,9 @@ async def _run(
     from services.machine import describe
 
     console = Console(width=170)
-    data = load_beir(dataset)
+    data = load_beir(opts["qrels"] or dataset)
+    if not data.queries:
+        raise typer.BadParameter("no query there has a relevant document", param_hint="--qrels")
     if opts["max_queries"]:
         keep = list(data.queries)[: opts["max_queries"]]
         data.queries = {q: data.queries[q] for q in keep}

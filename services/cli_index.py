@@ -41,6 +41,19 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[
             str | None, typer.Option(help="in-process embedder precision: int8 | fp32")
         ] = None,
+        engine: Annotated[
+            str, typer.Option(help="local (this process) | ray (Ray Data: embed in a pool of actors)")
+        ] = "local",
+        address: Annotated[
+            str | None, typer.Option(help="--engine ray: Ray cluster address (default: start Ray here)")
+        ] = None,
+        workers: Annotated[
+            int | None, typer.Option(min=1, help="--engine ray: embedding actors (default: per GPU/CPU)")
+        ] = None,
+        indexer_url: Annotated[
+            str | None,
+            typer.Option(help="--engine ray: write through this server's API (indexer or sharding gateway)"),
+        ] = None,
     ) -> None:
         """Index a corpus into a collection; re-running resumes (ids already stored are skipped)."""
         from services.logging_setup import configure_logging
@@ -52,6 +65,19 @@ def register(app: typer.Typer) -> None:
         configure_logging(isettings.log_level, isettings.log_json)
         if not path.is_file():
             raise typer.BadParameter(f"no such file: {path}", param_hint="PATH")
+        if engine not in ("local", "ray"):
+            raise typer.BadParameter("choose local or ray", param_hint="--engine")
+        ray_opts = None
+        if engine == "ray":
+            from indexer.ray_job import RayOptions
+
+            ray_opts = RayOptions(address, workers, precision=precision or esettings.precision)
+            ray_opts.model_cache = esettings.model_cache_dir()
+        if indexer_url:
+            if ray_opts is None:
+                raise typer.BadParameter("--indexer-url needs --engine ray", param_hint="--indexer-url")
+            prog = _run_remote(indexer_url, collection, path, fmt, model, ray_opts, batch_size, isettings)
+            raise typer.Exit(1 if prog.failed else 0)
         spec: dict[str, Any] = {"type": index_type, "code": code}
         try:
             summary = asyncio.run(
@@ -66,6 +92,7 @@ def register(app: typer.Typer) -> None:
                     spec,
                     batch_size,
                     precision or esettings.precision,
+                    ray_opts,
                 )
             )
         except KeyboardInterrupt:
@@ -88,6 +115,7 @@ async def _run(
     spec: dict[str, Any],
     batch_size: int,
     precision: str,
+    ray_opts: Any = None,
 ) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import (
@@ -166,9 +194,26 @@ async def _run(
                     task, total=p.total, completed=p.done + p.skipped + p.failed, rate=p.done / elapsed
                 )
 
-            await svc.run_ingest(
-                collection, path, fmt, batch_size=batch_size, on_progress=on_progress, progress=prog
-            )
+            if ray_opts is None:
+                await svc.run_ingest(
+                    collection, path, fmt, batch_size=batch_size, on_progress=on_progress, progress=prog
+                )
+            else:
+                from indexer.ray_job import run_ray_ingest
+
+                revision = (await embedder.model_info(model)).get("revision")
+                await asyncio.to_thread(
+                    run_ray_ingest,
+                    svc._get(collection),
+                    path,
+                    fmt,
+                    options=ray_opts,
+                    batch_size=batch_size,
+                    max_doc_chars=isettings.max_doc_chars,
+                    revision=str(revision) if revision else None,
+                    progress=prog,
+                    on_progress=on_progress,
+                )
         info = await svc.collection_info(collection)
     except DowseError as exc:
         status = "failed"
@@ -208,3 +253,56 @@ async def _run(
         "skipped": prog.skipped,
         "failed": prog.failed or status == "failed",
     }
+
+
+def _run_remote(
+    url: str,
+    collection: str,
+    path: Path,
+    fmt: str | None,
+    model: str | None,
+    ray_opts: Any,
+    batch_size: int,
+    isettings: Any,
+) -> Any:
+    """``--engine ray --indexer-url``: the Ray job writes through the server; same bar and summary."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from indexer.ray_remote import run_ray_remote
+
+    console = Console()
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} docs/s"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task(f"index {path.name} -> {url} {collection}", total=None, rate=0.0)
+
+        def on_progress(p: Any) -> None:
+            elapsed = max(time.perf_counter() - t0, 1e-6)
+            bar.update(task, total=p.total, completed=p.done + p.skipped + p.failed, rate=p.done / elapsed)
+
+        prog = run_ray_remote(
+            url,
+            collection,
+            path,
+            fmt,
+            options=ray_opts,
+            model=model,
+            batch_size=batch_size,
+            max_doc_chars=isettings.max_doc_chars,
+            on_progress=on_progress,
+        )
+    elapsed = time.perf_counter() - t0
+    console.print(
+        f"dowse index (ray -> {url}): {prog.done} written, {prog.skipped} skipped (stored), "
+        f"{prog.failed} failed, {prog.done / max(elapsed, 1e-6):.1f} docs/s, {elapsed:.1f} s"
+    )
+    for err in prog.errors[:10]:
+        console.print(f"[yellow]skipped record[/yellow] {err}")
+    return prog

@@ -37,15 +37,15 @@ def parse_expires(text: str, now: float | None = None) -> float:
 
 
 def _run(redis_url: str | None, fn: Any) -> Any:
-    import redis.asyncio as aioredis
-
+    from gateway.cache.redis_client import is_cluster, make_client
     from services.keys import KeyStore
     from services.settings import CacheSettings
 
-    url = redis_url or CacheSettings().redis_url
+    settings = CacheSettings()
+    url = redis_url or settings.redis_url
 
     async def go() -> Any:
-        client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        client = make_client(url, is_cluster(url, settings.redis_cluster), 5.0, 5.0)
         try:
             return await fn(KeyStore(client))
         finally:
@@ -158,7 +158,10 @@ def check_bind(settings: Any, roles: list[str]) -> tuple[bool, str]:
     elif settings.auth == "required" or settings.admin_key is not None:
         on, why = True, "DOWSE_AUTH=required" if settings.auth == "required" else "DOWSE_ADMIN_KEY set"
     else:
-        on, why = _keys_exist(settings.redis_url), "keys exist in Redis"
+        on, why = (
+            _keys_exist(settings.redis_url, getattr(settings, "redis_cluster", False)),
+            "keys exist in Redis",
+        )
         why = why if on else "no key created yet (turns on by itself at the first one)"
     if on:
         return True, f"auth on ({why}) on {where}; /health and /ready are open"
@@ -175,13 +178,12 @@ def check_bind(settings: Any, roles: list[str]) -> tuple[bool, str]:
     )
 
 
-def _keys_exist(redis_url: str) -> bool:
-    import redis
-
+def _keys_exist(redis_url: str, cluster: bool = False) -> bool:
+    from gateway.cache.redis_client import is_cluster, make_sync_client
     from services.keys import ENABLED_FLAG
 
     try:
-        client = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+        client = make_sync_client(redis_url, is_cluster(redis_url, cluster), 1.0)
         return bool(client.get(ENABLED_FLAG))
     except Exception:  # Redis down at start: auto mode stays off until the flag is readable
         return False

@@ -18,13 +18,15 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
+from embedder.batching import check_priority
 from embedder.errors import DowseError, InvalidInput
+from embedder.http_client import PRIORITY_HEADER
 from embedder.inprocess import InProcessEmbedderClient
 from embedder.service import EmbeddingService
 from services.errors import status_for
@@ -70,6 +72,11 @@ class _MeteredRoute(APIRoute):
 
 router = APIRouter(tags=["embedder"], route_class=_MeteredRoute)
 
+_PRIORITY_DOC = (
+    "interactive (served first) | batch (micro-batches behind interactive work); "
+    "default: interactive when the request fits in one micro-batch, else batch"
+)
+_HEADER_DOC = f"{PRIORITY_HEADER}: interactive | batch (the body field wins where a route has one)"
 _INPUT_TYPES = {"search_query": "query", "search_document": "passage", "query": "query", "passage": "passage"}
 
 
@@ -85,6 +92,7 @@ class EmbeddingsRequest(BaseModel):
     instruction: str | None = Field(None, description="prefix used verbatim instead of the model's prompt")
     truncate: bool = Field(True, description="cut inputs at the model's max length; false: 413 if over")
     user: str | None = None
+    priority: Any = Field(None, description=_PRIORITY_DOC)
     collection: str | None = Field(
         None,
         description="rotate with this collection's PCA rotation, then keep `dimensions` (default: the "
@@ -123,6 +131,7 @@ class CohereRerankRequest(BaseModel):
     return_documents: bool = False
     model: str | None = None
     truncate: bool = True
+    priority: Any = Field(None, description=_PRIORITY_DOC)
 
 
 def _service(request: Request) -> EmbeddingService:
@@ -151,14 +160,28 @@ def _renamed(field: str, new: str) -> Any:
         raise
 
 
+def _priority(field: Any, header: str | None) -> str | None:
+    """The request's priority: the body field, else the ``X-Dowse-Priority`` header, else None (by size)."""
+    if field is not None:
+        return check_priority(field, "priority")
+    if header is not None:
+        return check_priority(header.strip().lower(), PRIORITY_HEADER)
+    return None
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
 @router.post("/v1/embeddings")
-async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
+async def openai_embeddings(
+    body: EmbeddingsRequest,
+    request: Request,
+    x_dowse_priority: str | None = Header(None, description=_HEADER_DOC),
+) -> dict[str, Any]:
     """OpenAI-shape embeddings (float or base64 float32 little-endian)."""
     svc = _service(request)
+    priority = _priority(body.priority, x_dowse_priority)
     model, rotate_to = body.model, None
     if body.collection is not None:
         model, rotate_to = await _collection_target(request, body.collection, body.model, body.dimensions)
@@ -169,6 +192,7 @@ async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> dict[s
         instruction=body.instruction,
         dimensions=body.dimensions if rotate_to is None else None,
         truncate=body.truncate,
+        priority=priority,
     )
     vecs = res.vectors
     if rotate_to is not None and body.collection is not None:
@@ -225,8 +249,13 @@ async def _collection_target(
 
 
 @router.post("/embed")
-async def tei_embed(body: TeiEmbedRequest, request: Request) -> list[list[float]]:
-    """TEI-shape embeddings: a list of vectors."""
+async def tei_embed(
+    body: TeiEmbedRequest,
+    request: Request,
+    x_dowse_priority: str | None = Header(None, description=_HEADER_DOC),
+) -> list[list[float]]:
+    """TEI-shape embeddings: a list of vectors (priority from ``X-Dowse-Priority``)."""
+    priority = _priority(None, x_dowse_priority)
     if not body.normalize:
         raise InvalidInput("only normalised embeddings are served", field="normalize", limit=True)
     with _renamed("input", "inputs"):
@@ -236,16 +265,22 @@ async def tei_embed(body: TeiEmbedRequest, request: Request) -> list[list[float]
             prompt_name=body.prompt_name,
             dimensions=body.dimensions,
             truncate=body.truncate,
+            priority=priority,
         )
     return res.vectors.tolist()  # type: ignore[no-any-return]
 
 
 @router.post("/rerank")
-async def tei_rerank(body: TeiRerankRequest, request: Request) -> list[dict[str, Any]]:
+async def tei_rerank(
+    body: TeiRerankRequest,
+    request: Request,
+    x_dowse_priority: str | None = Header(None, description=_HEADER_DOC),
+) -> list[dict[str, Any]]:
     """TEI-shape rerank: ``[{"index", "score", "text"?}]`` by descending score (sigmoid unless raw)."""
+    priority = _priority(None, x_dowse_priority)
     with _renamed("documents", "texts"):
         scores = await _service(request).rerank(
-            body.query, body.texts, model=body.model, truncate=body.truncate
+            body.query, body.texts, model=body.model, truncate=body.truncate, priority=priority
         )
     out = []
     for i in sorted(range(len(scores)), key=lambda k: -scores[k]):
@@ -266,6 +301,7 @@ class CohereV2RerankRequest(BaseModel):
     max_tokens_per_doc: int | None = Field(
         None, description="accepted when >= the model's pair length (pairs are cut there anyway)"
     )
+    priority: Any = Field(None, description=_PRIORITY_DOC)
 
 
 def _doc_texts(docs: Any) -> Any:
@@ -286,22 +322,35 @@ def _doc_texts(docs: Any) -> Any:
 
 
 async def _ranked(
-    svc: EmbeddingService, query: Any, docs: Any, top_n: int | None, model: str | None, truncate: bool
+    svc: EmbeddingService,
+    query: Any,
+    docs: Any,
+    top_n: int | None,
+    model: str | None,
+    truncate: bool,
+    priority: str | None = None,
 ) -> tuple[list[int], list[float], str]:
     """Cross-encoder logits, the best ``top_n`` indices by score, and the model's name."""
     if top_n is not None and top_n < 1:
         raise InvalidInput("top_n must be >= 1", field="top_n", limit=1)
-    scores = await svc.rerank(query, docs, model=model, truncate=truncate)
+    scores = await svc.rerank(query, docs, model=model, truncate=truncate, priority=priority)
     order = sorted(range(len(scores)), key=lambda k: -scores[k])[: top_n or len(scores)]
     return order, scores, svc.model_info(model or _cross_name(svc))["name"]
 
 
 @router.post("/v1/rerank")
-async def cohere_rerank(body: CohereRerankRequest, request: Request) -> dict[str, Any]:
+async def cohere_rerank(
+    body: CohereRerankRequest,
+    request: Request,
+    x_dowse_priority: str | None = Header(None, description=_HEADER_DOC),
+) -> dict[str, Any]:
     """Cohere-shape rerank: top_n results with relevance_score = sigmoid(logit)."""
+    priority = _priority(body.priority, x_dowse_priority)
     docs = _doc_texts(body.documents)
     svc = _service(request)
-    order, scores, name = await _ranked(svc, body.query, docs, body.top_n, body.model, body.truncate)
+    order, scores, name = await _ranked(
+        svc, body.query, docs, body.top_n, body.model, body.truncate, priority
+    )
     results = []
     for i in order:
         row: dict[str, Any] = {"index": i, "relevance_score": _sigmoid(scores[i]), "logit": scores[i]}
@@ -312,8 +361,13 @@ async def cohere_rerank(body: CohereRerankRequest, request: Request) -> dict[str
 
 
 @router.post("/v2/rerank")
-async def cohere_v2_rerank(body: CohereV2RerankRequest, request: Request) -> dict[str, Any]:
+async def cohere_v2_rerank(
+    body: CohereV2RerankRequest,
+    request: Request,
+    x_dowse_priority: str | None = Header(None, description=_HEADER_DOC),
+) -> dict[str, Any]:
     """Cohere v2 rerank (``cohere.ClientV2``): ``{"id", "results": [{"index", "relevance_score"}]}``."""
+    priority = _priority(body.priority, x_dowse_priority)
     svc = _service(request)
     if body.max_tokens_per_doc is not None:
         cap = int(svc.rerank_max_length or 0)
@@ -324,7 +378,7 @@ async def cohere_v2_rerank(body: CohereV2RerankRequest, request: Request) -> dic
                 limit=cap,
             )
     docs = _doc_texts(body.documents)
-    order, scores, name = await _ranked(svc, body.query, docs, body.top_n, body.model, True)
+    order, scores, name = await _ranked(svc, body.query, docs, body.top_n, body.model, True, priority)
     results = [{"index": i, "relevance_score": _sigmoid(scores[i])} for i in order]
     return {
         "id": uuid.uuid4().hex,
@@ -361,6 +415,7 @@ async def info(request: Request) -> dict[str, Any]:
         "max_batch_tokens": svc.max_batch_tokens,
         "max_wait_ms": svc.max_wait_ms,
         "max_queue": svc.max_queue,
+        "limits": svc.limits(),
     }
 
 
@@ -381,6 +436,11 @@ async def start(app: FastAPI, settings: Any) -> None:
         max_client_batch=settings.max_client_batch,
         auto_export=settings.auto_export,
         rerank_max_length=settings.rerank_max_length,
+        micro_batch_tokens=settings.micro_batch_tokens,
+        max_batch_queue=settings.max_batch_queue,
+        max_request_tokens=settings.max_request_tokens,
+        max_rerank_docs=settings.max_rerank_docs,
+        max_rerank_tokens=settings.max_rerank_tokens,
     )
     app.state.embedding_service = svc
     app.state.embedder_client = InProcessEmbedderClient(svc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -16,6 +17,14 @@ log = logging.getLogger(__name__)
 
 # The one category -> status table lives beside the categories, so the HTTP clients can read it back.
 STATUS = HTTP_STATUS
+
+
+class ErrorResponse(JSONResponse):
+    """JSON error answer rendered as ASCII: a message echoing odd client input can always be encoded."""
+
+    def render(self, content: Any) -> bytes:
+        """Compact ASCII JSON (lone surrogates become escapes instead of an encoding error)."""
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":"), default=str).encode()
 
 
 def status_for(exc: DowseError) -> int:
@@ -59,7 +68,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DowseError)
     async def _dowse(_: Request, exc: DowseError) -> JSONResponse:
-        return JSONResponse(status_code=status_for(exc), content={"error": exc.to_dict()})
+        return ErrorResponse(status_code=status_for(exc), content={"error": exc.to_dict()})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -67,13 +76,13 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         etype = first.get("type", "")
         if etype in ("json_invalid", "json_type"):
-            return JSONResponse(
+            return ErrorResponse(
                 status_code=400,
                 content=error_body("malformed_json", "request body is not valid JSON", field="body"),
             )
         field = _loc_to_field(first.get("loc", ()))
         msg = str(first.get("msg", "invalid value"))
-        return JSONResponse(
+        return ErrorResponse(
             status_code=422,
             content=error_body("invalid_input", f"{field}: {msg}", field, _limit_from_ctx(first.get("ctx"))),
         )
@@ -81,11 +90,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(
+        return ErrorResponse(
             status_code=exc.status_code, content=error_body(kind, str(exc.detail)), headers=exc.headers
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return JSONResponse(status_code=500, content=error_body("internal", "internal server error"))
+        return ErrorResponse(status_code=500, content=error_body("internal", "internal server error"))

@@ -25,7 +25,14 @@ SEARCH_LATENCY = Histogram(
     ["mode", "rerank"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-SEARCH_DEGRADED = Counter("dowse_search_degraded_total", "Searches answered in degraded form", ["mode"])
+SEARCH_DEGRADED = Counter(
+    "dowse_search_degraded_total",
+    "Fallbacks in searches answered in degraded form (reason: <stage>_<cause>, e.g. embed_timeout)",
+    ["mode", "reason"],
+)
+SEARCH_PARTIAL = Counter(
+    "dowse_search_partial_total", "Searches answered without some shard's hits", ["shard"]
+)
 SEARCH_ERRORS = Counter("dowse_search_errors_total", "Searches answered with an error", ["type"])
 
 
@@ -86,6 +93,10 @@ class SearchOut(BaseModel):
     hits: list[HitOut]
     timings_ms: dict[str, float]
     degraded: bool | str = False
+    partial: bool = Field(False, description="true: some shards did not answer; their hits are missing")
+    failed_shards: list[dict[str, Any]] = Field(
+        default_factory=list, description='[{"shard": i, "reason": "..."}] when partial'
+    )
 
 
 def _server_timing(timings: dict[str, float]) -> str:
@@ -105,7 +116,13 @@ def _body(resp: SearchResponse) -> dict[str, Any]:
         if h.explain is not None:
             out["explain"] = h.explain
         hits.append(out)
-    return {"hits": hits, "timings_ms": resp.timings_ms, "degraded": resp.degraded or False}
+    return {
+        "hits": hits,
+        "timings_ms": resp.timings_ms,
+        "degraded": resp.degraded or False,
+        "partial": resp.partial,
+        "failed_shards": resp.failed_shards,
+    }
 
 
 @router.post(
@@ -131,7 +148,10 @@ async def search(body: SearchBody, request: Request) -> JSONResponse:
             SEARCH_ERRORS.labels(exc.type).inc()
             raise
     if resp.degraded:
-        SEARCH_DEGRADED.labels(body.mode).inc()
+        for reason in resp.degraded_reasons or ["unknown"]:
+            SEARCH_DEGRADED.labels(body.mode, reason).inc()
+    for failure in resp.failed_shards:
+        SEARCH_PARTIAL.labels(str(failure["shard"])).inc()
     return JSONResponse(_body(resp), headers={"Server-Timing": _server_timing(resp.timings_ms)})
 
 
@@ -145,6 +165,30 @@ async def search_defaults(collection: str, request: Request) -> dict[str, Any]:
     if pipeline is None:
         raise NotReady("search pipeline is not started", field="gateway")
     return await pipeline.served_defaults(collection)
+
+
+def shard_urls(value: str) -> list[str]:
+    """The shard map: comma-separated indexer URLs, shard 0 first."""
+    urls = [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+    if not urls:
+        raise RuntimeError("DOWSE_INDEXER_URL lists no indexer")
+    return urls
+
+
+def sharded_client(settings: Any, token: str | None = None) -> Any:
+    """A ShardedIndexerClient over ``settings.indexer_url`` (one indexer = a map of one shard)."""
+    from gateway.shards import ShardedIndexerClient
+    from indexer.http_client import HttpIndexerClient
+
+    # each shard answers within 90 % of the retrieve budget, so the merge of the others is still in time
+    shard_timeout = getattr(settings, "shard_timeout_s", None) or 0.9 * settings.retrieve_timeout_s
+    clients = [
+        HttpIndexerClient(u, timeout_s=max(shard_timeout, settings.retrieve_timeout_s) + 1.0, token=token)
+        for u in shard_urls(settings.indexer_url)
+    ]
+    return ShardedIndexerClient(
+        clients, timeout_s=shard_timeout, global_bm25=getattr(settings, "bm25_global_stats", True)
+    )
 
 
 def build_pipeline(settings: Any, embedder: Any, indexer: Any) -> SearchPipeline:
@@ -185,10 +229,9 @@ async def start(app: FastAPI, settings: Any) -> None:
     if indexer is None:
         if not settings.indexer_url:
             raise RuntimeError("gateway needs an indexer: mount the indexer role or set DOWSE_INDEXER_URL")
-        from indexer.http_client import HttpIndexerClient
-
-        indexer = HttpIndexerClient(settings.indexer_url, token=service_token(settings))
+        indexer = sharded_client(settings, token=service_token(settings))
         app.state.indexer_client = indexer
+        app.state.shard_client = indexer
         owned.append(indexer)
     app.state.search_pipeline = build_pipeline(settings, embedder, indexer)
     app.state.gateway_owned_clients = owned

@@ -18,6 +18,7 @@ from indexer.client import Hit
 from indexer.inprocess import InProcessIndexerClient
 from indexer.jobs import retry_transient
 from indexer.service import IndexerService
+from indexer.sharding import MAX_SHARDS
 from indexer.validate import MAX_K
 from services.auth import allowed, service_token
 
@@ -43,6 +44,10 @@ class CollectionCreate(BaseModel):
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
     exist_ok: bool = False
+    shards: int = Field(default=1, ge=1, le=MAX_SHARDS, description="shard count, fixed at creation")
+    shard: int | None = Field(
+        default=None, ge=0, description="which shard this indexer holds (set by the gateway)"
+    )
     rotate: bool | None = Field(
         default=None,
         description="fit a per-collection PCA rotation and funnel-rescore at full dims "
@@ -103,6 +108,17 @@ class LexicalSearch(BaseModel):
     per_chunk: bool = False
     # how many leading hits carry title/text/metadata (null: all; the rest: ids and scores only)
     texts: int | None = Field(default=None, ge=0, le=MAX_K)
+    stats: dict[str, Any] | None = Field(
+        default=None,
+        description='collection-wide BM25 statistics {"num_docs", "df": {term: n}} (sharded collections)',
+    )
+
+
+class TermStats(BaseModel):
+    """The query whose BM25 term statistics are wanted."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(max_length=10_000)
 
 
 class JobCreate(BaseModel):
@@ -149,6 +165,8 @@ async def create_collection(body: CollectionCreate, request: Request) -> dict[st
         chunk_overlap=body.chunk_overlap,
         rotate=body.rotate,
         exist_ok=body.exist_ok,
+        shards=body.shards,
+        shard=body.shard,
     )
 
 
@@ -179,13 +197,16 @@ async def delete_collection(name: str, request: Request) -> dict[str, Any]:
 async def upsert_documents(name: str, body: UpsertRequest, request: Request) -> dict[str, Any]:
     """Batch upsert: validated, embedded, then written in one transaction (all or nothing)."""
     docs = [d.model_dump() for d in body.documents]
-    return await _svc(request).upsert(name, docs, model=body.model, dims=body.dims)
+    out = await _svc(request).upsert(name, docs, model=body.model, dims=body.dims)
+    # the same fields as a gateway's sharded write (docs/scale.md): one indexer writes all or nothing
+    return {**out, "acknowledged": [d["id"] for d in docs], "partial": False, "failed_shards": []}
 
 
 @router.post("/{name}/documents/delete")
 async def delete_documents(name: str, body: IdsRequest, request: Request) -> dict[str, Any]:
     """Delete documents by id (unknown ids ignored)."""
-    return await _svc(request).delete(name, body.ids)
+    out = await _svc(request).delete(name, body.ids)
+    return {**out, "acknowledged": list(body.ids), "partial": False, "failed_shards": []}
 
 
 @router.post("/{name}/documents/get")
@@ -249,9 +270,15 @@ async def search_lexical(name: str, body: LexicalSearch, request: Request) -> di
     """Top-k documents by BM25, with optional metadata filters."""
     return _hits(
         await _svc(request).search_lexical(
-            name, body.query, body.k, body.filters, body.per_chunk, texts=body.texts
+            name, body.query, body.k, body.filters, body.per_chunk, texts=body.texts, stats=body.stats
         )
     )
+
+
+@router.post("/{name}/search/lexical/stats")
+async def lexical_stats(name: str, body: TermStats, request: Request) -> dict[str, Any]:
+    """This indexer's BM25 statistics of the query's terms (the gateway sums them over shards)."""
+    return await _svc(request).term_stats(name, body.query)
 
 
 @router.post("/{name}/jobs", status_code=202)
@@ -320,7 +347,11 @@ async def _demo(svc: IndexerService, corpus: Path, model: str) -> None:
     except DowseError as exc:
         log.error("demo collection not created: %s", exc.message)
         return
-    job = await svc.start_job(DEMO_COLLECTION, corpus)
+    try:
+        job = await svc.start_local_job(DEMO_COLLECTION, corpus)  # the operator's file: no import roots
+    except DowseError as exc:
+        log.error("demo ingest of %s not started: %s", corpus, exc.message)
+        return
     log.info("demo ingest of %s started as job %s", corpus, job["id"])
 
 

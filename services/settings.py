@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from embedder.batching import MICRO_BATCH_TOKENS
+
 
 class CommonSettings(BaseSettings):
     """Settings every role shares."""
@@ -29,6 +31,9 @@ class CommonSettings(BaseSettings):
     service_token: SecretStr | None = None  # gateway -> embedder/indexer; separate roles accept only it
     insecure: bool = False  # allow serving a non-loopback address with auth off
     auth_cache_ttl_s: float = Field(2.0, gt=0, le=5, description="key records cached per process")
+    # Host names served (DNS rebinding guard); None: loopback names + `host`, or any when bound to 0.0.0.0
+    allowed_hosts: list[str] | None = None
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request bodies over this: 413")
 
     def model_cache_dir(self) -> Path:
         """Where exported models live."""
@@ -53,6 +58,14 @@ class EmbedderSettings(CommonSettings):
     max_client_batch: int = 256
     auto_export: bool = True
     rerank_max_length: int = 256
+    # Batch-class work (ingest, large client batches) runs in micro-batches of this many padded tokens:
+    # ~50 ms of minilm int8 on 2 CPU cores (bench/micro_batch.py), the longest an interactive request waits
+    # behind it. Raise it on a GPU (same bound, more tokens).
+    micro_batch_tokens: int = Field(default=MICRO_BATCH_TOKENS, ge=1)
+    max_batch_queue: int = 1024  # batch-class inputs waiting, then 429 (ingest backs off and retries)
+    max_request_tokens: int = Field(default=32_768, ge=1)  # per embeddings request, then 413
+    max_rerank_docs: int = Field(default=100, ge=1)  # documents per rerank request, then 413
+    max_rerank_tokens: int = Field(default=25_600, ge=1)  # (query, document) tokens per rerank, then 413
 
 
 class IndexerSettings(CommonSettings):
@@ -67,13 +80,20 @@ class IndexerSettings(CommonSettings):
     # a rotating collection fits its PCA rotation at max(2 * dims, this) chunks (bench/dims.py: MiniLM at
     # 128 dims lost 0.018 nDCG@10 with a 256-chunk fit, none with 1,000)
     rotation_min_chunks: int = 1000
-    job_roots: list[Path] | None = None  # ingest jobs over HTTP may only read files under these folders
+    # ingest jobs over HTTP read only regular files under <data_dir>/imports and these folders
+    job_roots: list[Path] | None = None
 
 
 class CacheSettings(CommonSettings):
     """Semantic cache (served by the gateway)."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # redis+cluster://host:port names a Redis Cluster seed
+    redis_cluster: bool = False  # treat redis_url as a Redis Cluster seed node (same as redis+cluster://)
+    cache_store_replicas: int = Field(
+        0, ge=0, description="a store is acknowledged once this many replicas hold it (Redis WAIT)"
+    )
+    cache_store_replicas_timeout_ms: int = Field(200, ge=1, description="how long a store waits for them")
+    cache_sync_poll_s: float = Field(0.05, gt=0, description="Redis Cluster: change-stream poll interval")
     cache_max_error: float = Field(0.02, gt=0, lt=1, description="default delta of the adaptive policy")
     cache_threshold: float = Field(0.9, ge=0, le=1, description="default threshold of the static policy")
     cache_min_obs: int = Field(
@@ -87,6 +107,11 @@ class CacheSettings(CommonSettings):
     )
     cache_use_prior: bool = True  # new entries decide with the namespace's pooled fit
     cache_min_similarity: float = 0.0  # adaptive: a nearest neighbour below this is a plain miss
+    # one feedback source (API key / client address) adds one observation per answer group and score bin
+    cache_source_bin: float = Field(0.02, ge=0, le=2, description="0 = every feedback counts")
+    cache_min_sources: int = Field(
+        1, ge=1, description="distinct feedback sources before adaptive evidence serves (1 = one trusted app)"
+    )
     cache_contrast_weight: float = Field(
         0.75, ge=0, le=2, description="adaptive: weight of the closest other answer's similarity (0 = off)"
     )
@@ -106,7 +131,10 @@ class GatewaySettings(CacheSettings):
     """Gateway: search pipeline, cache, and where the other services live."""
 
     embedder_url: str | None = None
-    indexer_url: str | None = None
+    indexer_url: str | None = None  # the shard map: comma-separated indexer URLs, shard 0 first
+    shard_timeout_s: float | None = None  # per shard call; None = 0.9 x retrieve_timeout_s
+    bm25_global_stats: bool = True  # sharded BM25 with collection-wide idf (one extra round trip)
+    shard_write_timeout_s: float = 300.0  # a write embeds its documents on the shard before it answers
     embed_timeout_s: float = 2.0
     rerank_timeout_s: float = 5.0
     search_timeout_s: float = 5.0
@@ -122,6 +150,8 @@ class GatewaySettings(CacheSettings):
         "the built-in weight per first stage (gateway.search_defaults)",
     )
     rerank_model: str | None = None  # None = the embedder's default cross-encoder (ms-marco-l12)
+    # folders whose tables / plots the playground's Eval view shows; None = bench/results, <data_dir>/results
+    results_dirs: list[Path] | None = None
 
 
 class ServeSettings(EmbedderSettings, IndexerSettings, GatewaySettings):

@@ -240,9 +240,9 @@ def cache_store(
     return Call("POST", "/v1/cache/store", t.CacheStore.from_json, body)
 
 
-def cache_feedback(lookup_id: str, response: str) -> Call[t.CacheFeedback]:
+def cache_feedback(namespace: str, lookup_id: str, response: str) -> Call[t.CacheFeedback]:
     """``POST /v1/cache/feedback`` for an explored lookup: the fresh response to judge the cached one by."""
-    body = {"lookup_id": lookup_id, "response": response}
+    body = {"namespace": namespace, "lookup_id": lookup_id, "response": response}
     return Call("POST", "/v1/cache/feedback", t.CacheFeedback.from_json, body)
 
 

@@ -175,9 +175,9 @@ class AsyncDowseClient(_Settings):
         """Store a prompt/response pair (options: scope, metadata, ttl_s)."""
         return await self.send(c.cache_store(namespace, prompt, response, **options))
 
-    async def cache_feedback(self, lookup_id: str, response: str) -> t.CacheFeedback:
+    async def cache_feedback(self, namespace: str, lookup_id: str, response: str) -> t.CacheFeedback:
         """Report the fresh response for an explored (or missed) lookup."""
-        return await self.send(c.cache_feedback(lookup_id, response))
+        return await self.send(c.cache_feedback(namespace, lookup_id, response))
 
     async def cache_stats(self, namespace: str | None = None) -> dict[str, Any]:
         """Entries, lookups and exploit / explore / miss counts."""
@@ -202,7 +202,7 @@ class AsyncDowseClient(_Settings):
         fb = None
         if needs_write(lookup):
             try:
-                fb = await self.cache_feedback(lookup.lookup_id, fresh)
+                fb = await self.cache_feedback(namespace, lookup.lookup_id, fresh)
             except errors.NotFound:  # the lookup record expired: store the pair instead
                 await self._store_quietly(namespace, prompt, fresh, scope)
             except errors.DowseError as exc:

@@ -173,9 +173,9 @@ class DowseClient(_Settings):
         """Store a prompt/response pair (options: scope, metadata, ttl_s)."""
         return self.send(c.cache_store(namespace, prompt, response, **options))
 
-    def cache_feedback(self, lookup_id: str, response: str) -> t.CacheFeedback:
+    def cache_feedback(self, namespace: str, lookup_id: str, response: str) -> t.CacheFeedback:
         """Report the fresh response for an explored (or missed) lookup."""
-        return self.send(c.cache_feedback(lookup_id, response))
+        return self.send(c.cache_feedback(namespace, lookup_id, response))
 
     def cache_stats(self, namespace: str | None = None) -> dict[str, Any]:
         """Entries, lookups and exploit / explore / miss counts."""
@@ -199,7 +199,7 @@ class DowseClient(_Settings):
         fb = None
         if needs_write(lookup):
             try:
-                fb = self.cache_feedback(lookup.lookup_id, fresh)
+                fb = self.cache_feedback(namespace, lookup.lookup_id, fresh)
             except errors.NotFound:  # the lookup record expired: store the pair instead
                 self._store_quietly(namespace, prompt, fresh, scope)
             except errors.DowseError as exc:

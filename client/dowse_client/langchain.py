@@ -206,7 +206,7 @@ class DowseCache(BaseCache):
         try:
             if lookup_id is not None:
                 try:
-                    self.client.cache_feedback(lookup_id, answer)
+                    self.client.cache_feedback(self.namespace, lookup_id, answer)
                     return
                 except errors.NotFound:  # the lookup record expired
                     pass
@@ -239,7 +239,7 @@ class DowseCache(BaseCache):
         try:
             if lookup_id is not None:
                 try:
-                    await self.aclient.cache_feedback(lookup_id, answer)
+                    await self.aclient.cache_feedback(self.namespace, lookup_id, answer)
                     return None
                 except errors.NotFound:
                     pass

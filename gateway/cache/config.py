@@ -30,6 +30,12 @@ class CacheConfig:
     store_on_correct_explore: bool = True  # a correct explore is stored too (in the entry's group)
     duplicate_similarity: float = 0.9999  # ... unless it is this close to the entry
     min_similarity: float = 0.0  # adaptive: a neighbour below this is a miss
+    # one feedback source (API key, else client address) counts once per answer group and score bin of
+    # this width: repeating a confirmation adds no evidence (0 = off; in-process callers name no source)
+    source_bin: float = 0.02
+    # a group's fit and the namespace prior serve only on evidence from this many distinct sources
+    # (1 = off, the default of in-process callers; the HTTP service defaults to 2, see docs/cache.md)
+    min_sources: int = 1
     # adaptive: the policy models s - w * (best similarity of another answer group), see contrast_score;
     # 0 = plain similarity. Tuned on banking77 train only (bench/results/cache_tune.md).
     contrast_weight: float = 0.75
@@ -41,6 +47,12 @@ class CacheConfig:
     write_timeout_s: float = 1.0
     reconnect_interval_s: float = 0.25
     stream_maxlen: int = 1_000_000
+    redis_cluster: bool = False  # the Redis URL is a cluster seed (also implied by a redis+cluster:// URL)
+    sync_poll_s: float = 0.05  # on a cluster: how often a replica polls the namespaces' change streams
+    # a store is acknowledged (stored: true) only once this many replicas of its master hold it (WAIT);
+    # 0 = once the master has it (asynchronous replication: a failover may lose the last stores)
+    store_replicas: int = 0
+    store_replicas_timeout_ms: int = 200
     exact_max: int = 4096
     ef_search: int = 64
     embed_model: str | None = None

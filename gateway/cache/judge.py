@@ -11,14 +11,26 @@ import numpy as np
 from embedder.client import EmbedderClient
 
 _WS = re.compile(r"\s+")
-_EDGE_PUNCT = re.compile(r"^[\W_]+|[\W_]+$")
+
+
+def _strip_edges(t: str) -> str:
+    """``t`` without its leading and trailing runs of non-alphanumerics (``[\\W_]``), in linear time.
+
+    The regex ``^[\\W_]+|[\\W_]+$`` it replaces retried the trailing branch at every position of an inner
+    punctuation run: quadratic, 37 s for a 40 KB response on the event loop."""
+    start, end = 0, len(t)
+    while start < end and not t[start].isalnum():
+        start += 1
+    while end > start and not t[end - 1].isalnum():
+        end -= 1
+    return t[start:end]
 
 
 def normalise(text: str) -> str:
     """NFKC, casefold, collapse whitespace, strip punctuation at both ends."""
     t = unicodedata.normalize("NFKC", text).casefold()
     t = _WS.sub(" ", t).strip()
-    return _EDGE_PUNCT.sub("", t)
+    return _strip_edges(t)
 
 
 class Judge(Protocol):

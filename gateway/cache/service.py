@@ -12,14 +12,11 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import time
-import uuid
 from typing import Any
 
 import numpy as np
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from embedder.client import EmbedderClient
@@ -28,9 +25,10 @@ from gateway.cache.config import CacheConfig, Decision, FeedbackResult, LookupRe
 from gateway.cache.judge import ExactMatchJudge, Judge
 from gateway.cache.mirror import Mirror, MirrorEntry
 from gateway.cache.policy import BudgetBook, ThresholdFit, VerifiedPolicy, contrast_score
+from gateway.cache.redis_client import ReplicaWaiter, is_cluster, make_client
 from gateway.cache.store import Keys, encode_fit, response_group, scope_hash
 from gateway.cache.sync import MirrorSync
-from gateway.cache.validate import check_policy, check_text
+from gateway.cache.validate import check_id, check_json, check_namespace, check_policy, check_text
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +36,9 @@ __all__ = ["CacheConfig", "CacheService", "FeedbackResult", "LookupResult", "Sto
 _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
 
 
-def _client(url: str, timeout: float) -> Any:
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=max(timeout, 0.5),
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
+def new_lookup_id() -> str:
+    """A lookup id: 128 random bits from the OS (unguessable; feedback must also name its namespace)."""
+    return secrets.token_hex(16)
 
 
 class CacheService:
@@ -61,20 +54,29 @@ class CacheService:
         seed: int | None = None,
     ) -> None:
         self.config = config or CacheConfig()
-        self.keys = Keys(self.config.prefix)
+        self.cluster = is_cluster(redis_url, self.config.redis_cluster)
+        self.keys = Keys(self.config.prefix, cluster=self.cluster)
         self.embedder = embedder
         self.judge: Judge = judge or ExactMatchJudge()
         self.policy = VerifiedPolicy()
         self.budgets = BudgetBook()  # per (namespace, delta): this replica's risk budget ("budget" rule)
         self.rng = random.Random(seed)
-        self.fast: Any = _client(redis_url, self.config.op_timeout_s)
-        self.main: Any = _client(redis_url, self.config.write_timeout_s)
-        self.sync = MirrorSync(redis_url, self.keys, self.config.exact_max, self.config.ef_search)
+        self.fast: Any = self._client(redis_url, self.config.op_timeout_s)
+        self.main: Any = self._client(redis_url, self.config.write_timeout_s)
+        self.sync = MirrorSync(
+            redis_url,
+            self.keys,
+            self.config.exact_max,
+            self.config.ef_search,
+            poll_s=self.config.sync_poll_s,
+        )
+        self.waiter = ReplicaWaiter(redis_url, self.cluster, self.config.write_timeout_s)
         self.redis_url = redis_url
         self.sync.on_reconnect = self._fresh_clients
         self.sync.on_nsdel = self.budgets.drop_namespace
         self._retired: set[asyncio.Task[None]] = set()
         self.local: dict[str, int] = {"degraded_lookups": 0, "dropped_stores": 0, "redis_errors": 0}
+        self.local["unreplicated_stores"] = 0
         self.started = False
 
     # ----------------------------------------------------------------- lifecycle
@@ -96,11 +98,14 @@ class CacheService:
                 await asyncio.wait_for(client.ping(), 1.0)
         self.started = True
 
+    def _client(self, url: str, timeout: float) -> Any:
+        return make_client(url, self.cluster, timeout)
+
     def _fresh_clients(self) -> None:
         """After an outage: new clients (a pool whose sockets died with the server can stall a command)."""
         old = (self.fast, self.main)
-        self.fast = _client(self.redis_url, self.config.op_timeout_s)
-        self.main = _client(self.redis_url, self.config.write_timeout_s)
+        self.fast = self._client(self.redis_url, self.config.op_timeout_s)
+        self.main = self._client(self.redis_url, self.config.write_timeout_s)
         for client in old:
             task = asyncio.get_running_loop().create_task(self._retire(client))
             self._retired.add(task)
@@ -114,6 +119,7 @@ class CacheService:
     async def close(self) -> None:
         """Stop background tasks and close connections."""
         await self.sync.close()
+        await self.waiter.aclose()
         for c in (self.fast, self.main):
             with contextlib.suppress(Exception):
                 await c.aclose()
@@ -128,7 +134,7 @@ class CacheService:
         """The prompt's L2-normalised embedding."""
         if self.embedder is None:
             raise DependencyFailed("no embedder configured for the cache", field="embedder")
-        res = await self.embedder.embed([text], model=self.config.embed_model)
+        res = await self.embedder.embed([text], model=self.config.embed_model, priority="interactive")
         vec = np.asarray(res.vectors[0], dtype=np.float32)
         norm = float(np.linalg.norm(vec))
         return vec / norm if norm > 0 else vec
@@ -160,8 +166,9 @@ class CacheService:
     ) -> LookupResult:
         """Embed ``prompt`` and decide whether a cached response may be served."""
         check_text(namespace, prompt, "prompt", self.config.limits.max_prompt_chars)
+        check_json(scope, "scope")
         max_error, threshold = check_policy(policy, max_error, threshold, self.config)
-        lookup_id = uuid.uuid4().hex
+        lookup_id = new_lookup_id()
         if not self.redis_ok:
             self.local["degraded_lookups"] += 1
             return LookupResult(False, "miss", lookup_id, degraded="redis unavailable")
@@ -182,7 +189,7 @@ class CacheService:
         lookup_id: str | None = None,
     ) -> LookupResult:
         """Decide for an already-embedded prompt (``scope`` is the scope hash)."""
-        lookup_id = lookup_id or uuid.uuid4().hex
+        lookup_id = lookup_id or new_lookup_id()
         if not self.redis_ok:
             self.local["degraded_lookups"] += 1
             return LookupResult(False, "miss", lookup_id, degraded="redis unavailable")
@@ -267,6 +274,7 @@ class CacheService:
         lim = self.config.limits
         check_text(namespace, prompt, "prompt", lim.max_prompt_chars)
         check_text(namespace, response, "response", lim.max_response_chars)
+        check_json(scope, "scope")
         lim.check_metadata(metadata)
         lim.check_ttl(ttl_s)
         if not self.redis_ok:
@@ -303,46 +311,62 @@ class CacheService:
         except _REDIS_ERRORS as exc:
             self._failed("store", exc)
             return self._drop_store("redis unavailable")
+        want = self.config.store_replicas
+        if want > 0:
+            got = await self.waiter.wait(
+                self.main, self.keys.stats(namespace), want, self.config.store_replicas_timeout_ms
+            )
+            if got < want:  # written on the master, but a failover could lose it: not acknowledged
+                self.local["unreplicated_stores"] += 1
+                return StoreResult(False, eid, evicted, degraded=f"replicated to {got} of {want} replicas")
         return StoreResult(True, eid, evicted)
 
     # ----------------------------------------------------------------- feedback
-    async def lookup_namespace(self, lookup_id: str) -> str | None:
-        """The namespace a pending lookup id belongs to (None: unknown or expired)."""
-        self._need_redis()
-        try:
-            ns = await self.main.hget(self.keys.lookup(lookup_id), "ns")
-        except _REDIS_ERRORS as exc:
-            self._failed("feedback", exc)
-            raise DependencyFailed("cache store (Redis) is unavailable", field="redis") from None
-        return ns.decode() if isinstance(ns, bytes) else ns
+    async def feedback(
+        self, lookup_id: str, response: str, *, namespace: str | None = None, source: str | None = None
+    ) -> FeedbackResult:
+        """Judge the cached response against the fresh one; update the entry; store the pair if needed.
 
-    async def feedback(self, lookup_id: str, response: str) -> FeedbackResult:
-        """Judge the cached response against the fresh one; update the entry; store the pair if needed."""
+        ``namespace``: the lookup must belong to it, else it answers as an unknown id (the HTTP route
+        always names it). ``source``: who gives the feedback (API key id or client address; see
+        ``CacheConfig.source_bin``); None for trusted in-process callers."""
         from gateway.cache.feedback import apply_feedback
 
+        check_id(lookup_id, "lookup_id")
+        if namespace is not None:
+            check_namespace(namespace)
         check_text("-", response, "response", self.config.limits.max_response_chars)
         if not self.redis_ok:
             raise DependencyFailed("cache store (Redis) is unavailable", field="redis")
         try:
-            return await apply_feedback(self, lookup_id, response)
+            return await apply_feedback(self, lookup_id, response, namespace, source)
         except _REDIS_ERRORS as exc:
             self._failed("feedback", exc)
             raise DependencyFailed("cache store (Redis) is unavailable", field="redis") from None
 
     async def feedback_entry(
-        self, namespace: str, entry_id: str, prompt: str, response: str, scope: Any = None
+        self,
+        namespace: str,
+        entry_id: str,
+        prompt: str,
+        response: str,
+        scope: Any = None,
+        *,
+        source: str | None = None,
     ) -> FeedbackResult:
         """Feedback without a lookup id: similarity is recomputed from the prompt."""
         from gateway.cache.feedback import apply_entry_feedback
 
+        check_id(entry_id, "entry_id")
         check_text(namespace, prompt, "prompt", self.config.limits.max_prompt_chars)
         check_text(namespace, response, "response", self.config.limits.max_response_chars)
+        check_json(scope, "scope")
         if not self.redis_ok:
             raise DependencyFailed("cache store (Redis) is unavailable", field="redis")
         vec = await self.embed(prompt)
         try:
             return await apply_entry_feedback(
-                self, namespace, entry_id, prompt, vec, scope_hash(scope), response
+                self, namespace, entry_id, prompt, vec, scope_hash(scope), response, source
             )
         except _REDIS_ERRORS as exc:
             self._failed("feedback", exc)
@@ -351,6 +375,8 @@ class CacheService:
     # ----------------------------------------------------------------- admin
     async def delete_entry(self, namespace: str, entry_id: str) -> bool:
         """Delete one entry; False if it did not exist."""
+        check_namespace(namespace)
+        check_id(entry_id, "entry_id")
         self._need_redis()
         try:
             return await self.sync.delete_entry(self.main, namespace, entry_id)
@@ -360,6 +386,7 @@ class CacheService:
 
     async def delete_namespace(self, namespace: str) -> int:
         """Delete a namespace with all its entries and statistics; returns the entry count removed."""
+        check_namespace(namespace)
         self._need_redis()
         self.budgets.drop_namespace(namespace)
         try:

@@ -8,6 +8,8 @@ Keys (prefix ``dowse:cache``; namespaces are isolated by key prefix):
 - ``{p}:ns:{ns}:g:{grp}``        hash of an answer group: fit (JSON list), nobs, members, forever
 - ``{p}:ns:{ns}:go:{grp}``       list of the group's observations ``"s y"`` (TTL: the longest-lived member
                                  that got feedback; none once a member without TTL did)
+- ``{p}:ns:{ns}:gs:{grp}``       set of ``source hash|score bin`` tokens already counted for the group
+                                 (one observation per feedback source and bin, see feedback.py)
 - ``{p}:ns:{ns}:ids``            sorted set id -> created (eviction order, rebuild listing)
 - ``{p}:ns:{ns}:pobs``           list of the namespace's recent observations (pooled prior)
 - ``{p}:ns:{ns}:prior``          JSON list: the pooled fit
@@ -15,6 +17,14 @@ Keys (prefix ``dowse:cache``; namespaces are isolated by key prefix):
 - ``{p}:l:{lookup_id}``          hash: a lookup awaiting feedback (TTL)
 - ``{p}:stream``                 change stream (put / del / fit / prior / exp / nsdel) that keeps replicas
                                  in sync (``fit`` names the group)
+
+On a Redis Cluster (``Keys(cluster=True)``) a namespace's keys carry the hash tag ``{ns}``:
+``{p}:ns:{<ns>}:e:{id}`` and so on, so each namespace lives on one slot (its MULTI blocks and Lua scripts
+stay legal) while namespaces spread over the cluster; its change stream is its own ``{p}:ns:{<ns>}:stream``
+(one global stream would put every write on one node and break the MULTI). ``{p}:namespaces`` and the
+lookup records keep their own slots and are written outside the namespace's MULTI. The single-Redis
+layout is unchanged, so existing data stays readable there; moving a cache from one Redis to a cluster
+does not migrate it (a cache refills).
 
 An answer group is a set of entries that share observations and one threshold fit: with ``group_by =
 "response"`` the entries whose normalised responses are equal (``r`` + a hash of it), with ``"lineage"``
@@ -37,7 +47,10 @@ from gateway.cache.mirror import MirrorEntry
 from gateway.cache.policy import ThresholdFit
 
 PREFIX = "dowse:cache"
-NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+# always fullmatch; no ':' (the key separator: namespace "a" must never reach the keys of "a:b")
+NAMESPACE_RE = re.compile(r"\A[A-Za-z0-9_.\-]{1,128}\Z")
+# entry, lookup and answer group ids: server-made hex, checked wherever a client names one
+ID_RE = re.compile(r"\A[A-Za-z0-9_\-]{1,64}\Z")
 
 
 @dataclass(frozen=True)
@@ -45,48 +58,56 @@ class Keys:
     """Key builder for one prefix."""
 
     prefix: str = PREFIX
+    cluster: bool = False  # hash-tagged namespaces and one stream per namespace (Redis Cluster)
+
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError("the cache key prefix must not contain braces (Redis Cluster hash tags)")
 
     @property
     def namespaces(self) -> str:
         """Set of namespace names."""
         return f"{self.prefix}:namespaces"
 
-    @property
-    def stream(self) -> str:
-        """Change stream."""
-        return f"{self.prefix}:stream"
+    def stream(self, ns: str) -> str:
+        """Change stream carrying ``ns``'s events (one shared stream on a single Redis)."""
+        return f"{self.ns(ns)}:stream" if self.cluster else f"{self.prefix}:stream"
 
     def ns(self, ns: str) -> str:
-        """Prefix of one namespace's keys."""
-        return f"{self.prefix}:ns:{ns}"
+        """Prefix of one namespace's keys (hash-tagged on a cluster)."""
+        return f"{self.prefix}:ns:{{{ns}}}" if self.cluster else f"{self.prefix}:ns:{ns}"
 
     def entry(self, ns: str, eid: str) -> str:
         """Entry hash."""
-        return f"{self.prefix}:ns:{ns}:e:{eid}"
+        return f"{self.ns(ns)}:e:{eid}"
 
     def group(self, ns: str, grp: str) -> str:
         """Answer group hash (fit, nobs, members)."""
-        return f"{self.prefix}:ns:{ns}:g:{grp}"
+        return f"{self.ns(ns)}:g:{grp}"
 
     def group_obs(self, ns: str, grp: str) -> str:
         """Observation list of an answer group."""
-        return f"{self.prefix}:ns:{ns}:go:{grp}"
+        return f"{self.ns(ns)}:go:{grp}"
+
+    def group_sources(self, ns: str, grp: str) -> str:
+        """Set of ``source|score bin`` tokens that already gave an observation to an answer group."""
+        return f"{self.ns(ns)}:gs:{grp}"
 
     def ids(self, ns: str) -> str:
         """Sorted set of entry ids by creation time."""
-        return f"{self.prefix}:ns:{ns}:ids"
+        return f"{self.ns(ns)}:ids"
 
     def pooled(self, ns: str) -> str:
         """Pooled observation list."""
-        return f"{self.prefix}:ns:{ns}:pobs"
+        return f"{self.ns(ns)}:pobs"
 
     def prior(self, ns: str) -> str:
         """Pooled fit."""
-        return f"{self.prefix}:ns:{ns}:prior"
+        return f"{self.ns(ns)}:prior"
 
     def stats(self, ns: str) -> str:
         """Counters."""
-        return f"{self.prefix}:ns:{ns}:stats"
+        return f"{self.ns(ns)}:stats"
 
     def lookup(self, lookup_id: str) -> str:
         """A pending lookup."""
@@ -109,9 +130,22 @@ def decode_fit(raw: Any) -> ThresholdFit | None:
     return ThresholdFit.from_list(json.loads(_s(raw)))
 
 
-def encode_obs(s: float, y: bool, contrast: float = 0.0) -> str:
-    """One observation as stored in the lists: score, label and the contrast weight of the score."""
-    return f"{s:.6f} {1 if y else 0} {float(contrast)!r}"
+def encode_obs(s: float, y: bool, contrast: float = 0.0, source: str = "") -> str:
+    """One observation as stored in the lists: score, label, the score's contrast weight, its source tag.
+
+    ``source`` is the hashed feedback source ('' = a trusted in-process caller); readers of the lists
+    that only fit scores ignore it."""
+    obs = f"{s:.6f} {1 if y else 0} {float(contrast)!r}"
+    return f"{obs} {source}" if source else obs
+
+
+def obs_sources(items: list[Any]) -> set[str]:
+    """Source tags of observations ('' for untagged: trusted callers and observations of older versions)."""
+    out: set[str] = set()
+    for it in items:
+        parts = _s(it).split()
+        out.add(parts[3] if len(parts) > 3 else "")
+    return out
 
 
 def decode_obs(items: list[Any], contrast: float | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedder.errors import InvalidInput, TooLarge
-from gateway.cache.store import NAMESPACE_RE
+from gateway.cache.store import ID_RE, NAMESPACE_RE
+from indexer.validate import json_depth
+
+MAX_JSON_DEPTH = 32  # nesting of metadata and scope
 
 
 class InvalidCacheInput(InvalidInput):
@@ -33,6 +36,7 @@ class CacheLimits:
             return
         if not isinstance(metadata, dict):
             raise InvalidCacheInput("metadata must be a JSON object", field="metadata")
+        check_json(metadata, "metadata")
         size = len(json.dumps(metadata, default=str).encode())
         if size > self.max_metadata_bytes:
             raise CacheInputTooLarge(
@@ -51,13 +55,35 @@ class CacheLimits:
             )
 
 
+def check_json(value: Any, field: str) -> None:
+    """A JSON value of valid Unicode nested at most MAX_JSON_DEPTH levels (metadata, scope)."""
+    if json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise InvalidCacheInput(
+            f"{field} is nested more than {MAX_JSON_DEPTH} levels deep", field=field, limit=MAX_JSON_DEPTH
+        )
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False, default=str).encode()
+    except (ValueError, TypeError):
+        raise InvalidCacheInput(
+            f"{field} must be JSON of finite numbers and valid Unicode", field=field
+        ) from None
+
+
 def check_namespace(namespace: str) -> None:
     """Namespace names: 1-128 of letters, digits and ``_ . : -``."""
-    if not isinstance(namespace, str) or not NAMESPACE_RE.match(namespace):
+    if not isinstance(namespace, str) or not NAMESPACE_RE.fullmatch(namespace):
         raise InvalidCacheInput(
-            "namespace must be 1-128 characters of letters, digits, '_', '.', ':' or '-'",
+            "namespace must be 1-128 characters of letters, digits, '_', '.' or '-'",
             field="namespace",
             limit=128,
+        )
+
+
+def check_id(value: str, field: str) -> None:
+    """Entry and lookup ids: 1-64 characters of letters, digits, '_' or '-' (never a key separator)."""
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
+        raise InvalidCacheInput(
+            f"{field} must be 1-64 characters of letters, digits, '_' or '-'", field=field, limit=64
         )
 
 
@@ -67,6 +93,10 @@ def check_text(namespace: str, text: str, field: str, max_chars: int) -> None:
         check_namespace(namespace)
     if not isinstance(text, str) or not text.strip():
         raise InvalidCacheInput(f"{field} must be a non-empty string", field=field, limit=1)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise InvalidCacheInput(f"{field} is not valid Unicode (lone surrogate)", field=field) from None
     if len(text) > max_chars:
         raise CacheInputTooLarge(
             f"{field} has {len(text)} characters, over the limit", field=field, limit=max_chars

@@ -83,3 +83,90 @@ class RedisProcess:
             self.proc.kill()
             self.proc.wait(10)
             self.proc = None
+
+
+def _ask(port: int, *args: str) -> str:
+    """One command through redis-cli (its output as text; '' when the node does not answer)."""
+    res = subprocess.run(
+        ["redis-cli", "-p", str(port), "--raw", *args], capture_output=True, text=True, timeout=10
+    )
+    return res.stdout.strip()
+
+
+class RedisClusterProcess:
+    """A loopback Redis Cluster: ``n`` masters with one replica each, no persistence, 1 s node timeout.
+
+    The node timeout (1 s) decides how fast a replica takes over a killed master (~2-3 s in all).
+    """
+
+    def __init__(self, workdir: Path, base_port: int, masters: int = 3) -> None:
+        self.dir = workdir
+        self.ports = [base_port + i for i in range(2 * masters)]
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def _spawn(self, port: int) -> None:
+        self.procs[port] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+             "--cluster-node-timeout", "1000", "--appendonly", "no", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again with its cluster config: it rejoins (as a replica)."""
+        self._spawn(port)
+
+    def start(self) -> None:
+        for port in self.ports:
+            self._spawn(port)
+        deadline = time.time() + 10
+        while not all(_ask(p, "PING") == "PONG" for p in self.ports):
+            assert time.time() < deadline, "redis cluster nodes did not start"
+            time.sleep(0.05)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+             "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        self.wait_ok(20)
+        deadline = time.time() + 20  # every replica has finished its first sync
+        while any("master_link_status:up" not in _ask(p, "INFO", "replication") for p in self.replicas()):
+            assert time.time() < deadline, "replicas did not sync"
+            time.sleep(0.1)
+
+    def wait_ok(self, timeout: float) -> None:
+        """Until every live node reports ``cluster_state:ok``."""
+        deadline = time.time() + timeout
+        while not all("cluster_state:ok" in _ask(p, "CLUSTER", "INFO") for p in self.procs):
+            assert time.time() < deadline, "redis cluster not ok in time"
+            time.sleep(0.1)
+
+    def role(self, port: int) -> str:
+        return _ask(port, "ROLE").split("\n", 1)[0]
+
+    def replicas(self) -> list[int]:
+        return [p for p in self.procs if self.role(p) == "slave"]
+
+    def master_of_slot(self, slot: int) -> int:
+        """Port of the master that serves ``slot`` now."""
+        for line in _ask(next(iter(self.procs)), "CLUSTER", "NODES").splitlines():
+            parts = line.split()
+            if "master" in parts[2] and "fail" not in parts[2]:
+                for rng in parts[8:]:
+                    lo, _, hi = rng.partition("-")
+                    if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                        return int(parts[1].split(":")[1].split("@")[0])
+        raise LookupError(slot)
+
+    def kill(self, port: int) -> None:
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for port in list(self.procs):
+            self.kill(port)

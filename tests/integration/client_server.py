@@ -4,10 +4,12 @@ FAQ collection they search. Ports come from 18800-18899; Redis is the suite's te
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +76,8 @@ def dowse_server(data_dir: Path, model_cache: Path, redis_url: str) -> Iterator[
         DOWSE_MAX_QUEUE=str(MAX_QUEUE),
         DOWSE_CACHE_MIN_OBS=str(CACHE_MIN_OBS),
         DOWSE_INTRA_OP_THREADS="1",
+        # ingest jobs read only under import roots: the tests write their corpora under pytest's tmp dirs
+        DOWSE_JOB_ROOTS=json.dumps([tempfile.gettempdir()]),
     )
     log = data_dir / "serve.log"
     cmd = [sys.executable, "-m", "services.cli", "serve", "--port", str(port)]

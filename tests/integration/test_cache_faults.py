@@ -76,7 +76,10 @@ def stack(tmp_path: Path, model_cache: Path, shared_data: Path) -> Iterator[tupl
         # wait until the demo corpus is ingested: its embedding work would queue our requests behind it
         deadline = time.time() + 90
         with httpx.Client(base_url=gw.url) as c:
-            while _post(c, "/v1/search", SEARCH).status_code != 200:
+            while True:  # the collection exists before its documents are in: wait for hits
+                r = _post(c, "/v1/search", SEARCH)
+                if r.status_code == 200 and r.json()["hits"]:
+                    break
                 assert time.time() < deadline, "demo collection never became searchable"
                 time.sleep(0.3)
         yield redis, gw
@@ -130,13 +133,13 @@ def test_redis_outage_recovery_and_restart(stack: tuple[RedisProcess, Gateway]) 
         assert _bucket(c, "0.05") - before == 20
         assert sorted(timings)[len(timings) // 2] < 0.05, timings
         r = _post(c, "/v1/cache/store", {**LOOKUP, "prompt": "Capital of Spain?", "response": "Madrid"})
-        assert r.status_code == 200 and r.json()["stored"] is False
-        stats = c.get("/v1/cache/stats").json()
+        assert r.status_code == 503 and r.json()["error"]["field"] == "redis"
+        stats = c.get("/v1/cache/stats", params={"namespace": "faq"}).json()
         assert stats["redis"] == "unavailable" and stats["replica"]["dropped_stores"] >= 1
         assert c.get("/ready").status_code == 200
         search = _post(c, "/v1/search", SEARCH)
         assert search.status_code == 200 and search.json()["hits"] == hits_before
-        fb = _post(c, "/v1/cache/feedback", {"lookup_id": "f" * 32, "response": "x"})
+        fb = _post(c, "/v1/cache/feedback", {"namespace": "faq", "lookup_id": "f" * 32, "response": "x"})
         assert fb.status_code == 424 and fb.json()["error"]["field"] == "redis"
 
         redis.start()  # same port, same AOF directory
@@ -178,7 +181,13 @@ def test_isolation_and_bad_input(stack: tuple[RedisProcess, Gateway]) -> None:
             ("/v1/cache/store", {**LOOKUP, "response": ""}, 422, "response"),
             ("/v1/cache/store", {**LOOKUP, "response": "y" * 300_000}, 413, "response"),
             ("/v1/cache/store", {**LOOKUP, "response": "ok", "ttl_s": 0}, 422, "ttl_s"),
-            ("/v1/cache/feedback", {"lookup_id": "0" * 32, "response": "Paris"}, 404, "lookup_id"),
+            (
+                "/v1/cache/feedback",
+                {"namespace": "faq", "lookup_id": "0" * 32, "response": "x"},
+                404,
+                "lookup_id",
+            ),
+            ("/v1/cache/feedback", {"lookup_id": "0" * 32, "response": "Paris"}, 422, "namespace"),
             ("/v1/cache/feedback", {"response": "Paris"}, 422, "lookup_id"),
         ]
         for path, body, status, field in cases:

@@ -232,6 +232,32 @@ async def test_http_and_inprocess_clients_give_identical_results(
         await http.aclose()
 
 
+def _batches(server: str, model: str, priority: str) -> float:
+    key = f'dowse_embedder_batches_total{{model="{model}",priority="{priority}"}} '
+    text = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    return next((float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(key)), 0.0)
+
+
+async def test_http_client_sends_the_priority(server: str) -> None:
+    """The field (embeddings) and the X-Dowse-Priority header (rerank) reach the server's batcher."""
+    http = HttpEmbedderClient(server, token=TOKEN)
+    try:
+        e0, r0 = _batches(server, "minilm", "batch"), _batches(server, "ms-marco-l12", "batch")
+        await http.embed(["one short text"], priority="batch")
+        await http.rerank("q", ["a document"], priority="batch")
+        assert _batches(server, "minilm", "batch") == e0 + 1
+        assert _batches(server, "ms-marco-l12", "batch") == r0 + 1
+        i0 = _batches(server, "minilm", "interactive")
+        await http.embed(["one short text"])  # absent: small, so interactive
+        assert _batches(server, "minilm", "interactive") == i0 + 1
+        assert _batches(server, "minilm", "batch") == e0 + 1
+        with pytest.raises(InvalidInput) as err:
+            await http.embed(["x"], priority="later")
+        assert err.value.field == "priority"
+    finally:
+        await http.aclose()
+
+
 async def test_http_client_maps_connection_errors_to_dependency_failed() -> None:
     client = HttpEmbedderClient(f"http://127.0.0.1:{free_port()}", timeout_s=2)
     try:
@@ -266,7 +292,7 @@ async def _asgi(settings: Any, wait_ready: bool = True) -> AsyncIterator[tuple[A
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
     ):
         if wait_ready:
             for _ in range(600):
@@ -315,7 +341,8 @@ from services.settings import EmbedderSettings
 async def main():
     app = create_app(EmbedderSettings(model_cache=sys.argv[1], extra_models=["ms-marco-l12"]), ["embedder"])
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             while (await c.get("/ready")).status_code != 200:
                 await asyncio.sleep(0.05)
             e = await c.post("/v1/embeddings", json={"input": ["served without torch"]})

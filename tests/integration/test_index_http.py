@@ -36,6 +36,7 @@ def _serve(data_dir: Path, model_cache: Path, *extra: str) -> tuple[subprocess.P
         "DOWSE_MODEL_CACHE": str(model_cache),
         "DOWSE_EXTRA_MODELS": "[]",
         "DOWSE_BATCHING": "false",
+        "DOWSE_JOB_ROOTS": json.dumps([str(data_dir.parent)]),  # the tests' corpus files live beside data
     }
     cmd = [
         sys.executable,

@@ -52,7 +52,7 @@ def _call(app: FastAPI, method: str, path: str, headers: dict[str, str] | None =
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             body = None if method in ("GET", "DELETE") else {}
             return await c.request(method, _concrete(path), json=body, headers=headers)
 
@@ -91,7 +91,8 @@ def test_every_route_has_a_rule_and_only_health_ready_are_open(roles: list[str])
         assert template == path, (method, path, found[0])
         assert (found[1].kinds == OPEN) == (path in OPEN_PATHS), (method, path)
     open_rules = {t for (_m, t), r in ROUTES.items() if r.kinds == OPEN}
-    assert open_rules == OPEN_PATHS | {"/ui", "/ui/{path:path}"}  # /ui: static playground files, no data
+    # /ui: static playground files, no data; /: a redirect to it
+    assert open_rules == OPEN_PATHS | {"/", "/ui", "/ui/{path:path}"}
 
 
 def test_unlisted_route_is_refused_even_to_admin() -> None:

@@ -67,7 +67,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     await cache.start()
     app.state.cache = cache
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
         admin = {"Authorization": f"Bearer {ADMIN}"}
         for name in ("demo", "other"):
             r = await c.post("/v1/collections", json={"name": name, "model": "fake"}, headers=admin)
@@ -166,14 +166,28 @@ async def test_cache_namespaces_and_feedback_by_lookup_id(env: Env) -> None:
     assert (await c.get("/v1/cache/stats", params={"namespace": "app1"}, headers=k1)).status_code == 200
     lk = await c.post("/v1/cache/lookup", json={"namespace": "app2", "prompt": "q#2"}, headers=k2)
     lookup_id = lk.json()["lookup_id"]
-    stolen = await c.post("/v1/cache/feedback", json={"lookup_id": lookup_id, "response": "evil"}, headers=k1)
-    unknown = await c.post("/v1/cache/feedback", json={"lookup_id": "0" * 32, "response": "evil"}, headers=k1)
+    # feedback must name the lookup's namespace (a lookup id alone authorises nothing): 422 without it
+    bare = await c.post("/v1/cache/feedback", json={"lookup_id": lookup_id, "response": "evil"}, headers=k1)
+    assert bare.status_code == 422 and bare.json()["error"]["field"] == "namespace"
+    # the victim's namespace is out of k1's scope: answers like a missing one
+    body = {"lookup_id": lookup_id, "namespace": "app2", "response": "evil"}
+    assert (await c.post("/v1/cache/feedback", json=body, headers=k1)).status_code == 404
+    # naming its own namespace does not help: the lookup id is not in it, so it answers like an unknown id
+    stolen = await c.post(
+        "/v1/cache/feedback",
+        json={"lookup_id": lookup_id, "namespace": "app1", "response": "evil"},
+        headers=k1,
+    )
+    unknown = await c.post(
+        "/v1/cache/feedback",
+        json={"lookup_id": "0" * 32, "namespace": "app1", "response": "evil"},
+        headers=k1,
+    )
     assert stolen.status_code == unknown.status_code == 404
     assert stolen.text == unknown.text.replace("0" * 32, lookup_id)
-    # naming its own namespace does not help: the lookup id decides
-    body = {"lookup_id": lookup_id, "namespace": "app1", "response": "evil"}
-    assert (await c.post("/v1/cache/feedback", json=body, headers=k1)).status_code == 404
-    own = await c.post("/v1/cache/feedback", json={"lookup_id": lookup_id, "response": "a"}, headers=k2)
+    own = await c.post(
+        "/v1/cache/feedback", json={"lookup_id": lookup_id, "namespace": "app2", "response": "a"}, headers=k2
+    )
     assert own.status_code == 200, own.text
 
 

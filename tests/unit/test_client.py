@@ -187,12 +187,15 @@ class FakeCache:
         return httpx.Response(200, json={"stored": True, "entry_id": "e3"})
 
 
+FEEDBACK_L1 = {"namespace": "ns", "lookup_id": "L1", "response": "fresh"}
+
+
 @pytest.mark.parametrize(
     ("decision", "from_cache", "writes"),
     [
         ("exploit", True, []),
-        ("explore", False, [("/v1/cache/feedback", {"lookup_id": "L1", "response": "fresh"})]),
-        ("miss", False, [("/v1/cache/feedback", {"lookup_id": "L1", "response": "fresh"})]),
+        ("explore", False, [("/v1/cache/feedback", FEEDBACK_L1)]),
+        ("miss", False, [("/v1/cache/feedback", FEEDBACK_L1)]),
     ],
 )
 def test_get_or_call_decisions(decision: str, from_cache: bool, writes: list[Any]) -> None:

@@ -61,7 +61,7 @@ def test_exploit_is_served_and_explore_gets_feedback() -> None:
     cache = _cache(srv)
     assert cache.lookup("p", "L") is None
     cache.update("p", "L", [Generation(text="fresh")])
-    assert srv.seen[1] == ("/v1/cache/feedback", {"lookup_id": "L7", "response": "fresh"})
+    assert srv.seen[1] == ("/v1/cache/feedback", {"namespace": "ns", "lookup_id": "L7", "response": "fresh"})
     cache.update("p", "L", [Generation(text="again")])  # no pending lookup any more: a plain store
     assert srv.seen[2] == ("/v1/cache/store", {"namespace": "ns", "prompt": "p", "response": "again",
                                                "scope": {"llm": "L"}})  # fmt: skip

@@ -51,7 +51,7 @@ DOCS = [
 async def client(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, FakeEmbedder]]:
     app, svc, fake = build_app(tmp_path)
     await svc.open()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
         r = await c.post("/v1/collections", json={"name": "c", "model": "fake"})
         assert r.status_code == 201, r.text
         r = await c.post("/v1/collections/c/documents", json={"documents": DOCS})

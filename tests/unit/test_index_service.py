@@ -404,7 +404,7 @@ async def test_ingest_jobs_resume_and_report_bad_records(tmp_path: Path) -> None
     lines.insert(5, "{not json")
     lines.insert(9, json.dumps({"_id": "empty", "text": ""}))
     corpus.write_text("\n".join(lines) + "\n")
-    svc = await make_service(tmp_path / "data")
+    svc = await make_service(tmp_path / "data", job_roots=[tmp_path])
     await svc.create_collection("c", model="fake")
     await svc.upsert("c", make_docs(10))  # a previous partial run
     job = await svc.start_job("c", corpus)
@@ -439,7 +439,7 @@ async def test_ingest_job_waits_out_an_embedder_that_is_still_loading(tmp_path: 
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": d["id"], "text": d["text"]}) + "\n" for d in make_docs(12)))
-    svc = await make_service(tmp_path / "data", LoadingEmbedder())
+    svc = await make_service(tmp_path / "data", LoadingEmbedder(), job_roots=[tmp_path])
     await svc.create_collection("c", model="fake")
     job = await svc.start_job("c", corpus)
     for _ in range(400):
@@ -452,6 +452,75 @@ async def test_ingest_job_waits_out_an_embedder_that_is_still_loading(tmp_path: 
     svc.embedder.calls = 0  # type: ignore[attr-defined]
     with pytest.raises(NotReady):
         await svc.run_ingest("c", _rewrite(corpus, tmp_path / "more.jsonl", "m"), retry_s=0.0)
+    await svc.close()
+
+
+async def test_retry_backs_off_exponentially_with_a_cap() -> None:
+    from embedder.errors import InvalidInput, Overloaded
+    from indexer.jobs import retry_transient
+
+    waits: list[float] = []
+    calls = 0
+
+    async def fake_sleep(s: float) -> None:
+        waits.append(s)
+
+    async def busy_then_ok() -> str:
+        nonlocal calls
+        calls += 1
+        if calls <= 7:
+            raise Overloaded("embedder batch queue is full", field="input", limit=1024)
+        return "ok"
+
+    assert await retry_transient(busy_then_ok, "test", sleep=fake_sleep) == "ok"
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0] and calls == 8
+    waits.clear()
+    calls = 0
+    with pytest.raises(Overloaded):  # the budget is spent: the error goes through
+        await retry_transient(busy_then_ok, "test", retry_s=3.0, sleep=fake_sleep)
+    assert waits == [0.5, 1.0, 2.0] and calls == 4
+
+    async def bad() -> None:
+        raise InvalidInput("not transient", field="x")
+
+    waits.clear()
+    with pytest.raises(InvalidInput):
+        await retry_transient(bad, "test", sleep=fake_sleep)
+    assert waits == []
+
+
+async def test_ingest_backs_off_when_the_embedder_is_overloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embedder.errors import Overloaded
+    from indexer import jobs
+
+    class BusyEmbedder(FakeEmbedder):
+        """Answers 429-overloaded to every other embed call (a full batch queue)."""
+
+        attempts: int
+        refused: int
+
+        async def embed(self, texts: list[str], **kw: Any) -> Any:
+            self.attempts += 1
+            if self.attempts % 2:
+                self.refused += 1
+                self.priorities.append(kw.get("priority"))
+                raise Overloaded("embedder batch queue is full", field="input", limit=1024)
+            return await super().embed(texts, **kw)
+
+    monkeypatch.setattr(jobs, "BACKOFF_BASE_S", 0.01)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": d["id"], "text": d["text"]}) + "\n" for d in make_docs(20)))
+    emb = BusyEmbedder()
+    emb.attempts = emb.refused = 0
+    svc = await make_service(tmp_path / "data", emb)
+    await svc.create_collection("c", model="fake")
+    emb.priorities = []
+    prog = await svc.run_ingest("c", corpus, batch_size=8)
+    assert prog.done == 20 and prog.failed == 0  # nothing lost, nothing failed
+    assert emb.refused >= 3  # every batch was refused at least once
+    assert set(emb.priorities) == {"batch"}  # ingest embeds in the batch class
     await svc.close()
 
 

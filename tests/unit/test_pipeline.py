@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from embedder.errors import InvalidInput, NotFound
+from embedder.errors import InvalidInput, NotFound, Overloaded
 from gateway import fusion
 from gateway.errors import InvalidSearch, SearchFailed
 from gateway.pipeline import CircuitBreaker, SearchPipeline, SearchRequest
@@ -54,6 +54,7 @@ async def test_query_embedding_uses_collection_model_prompt_dims_and_instruction
         "prompt_name": "query",
         "instruction": None,
         "dimensions": 16,
+        "priority": "interactive",  # a search's query embedding goes before ingest micro-batches
     }
     await pipe.search(SearchRequest("sci", Q, mode="dense", instruction="Find evidence: "))
     assert emb.calls[-1]["instruction"] == "Find evidence: " and emb.calls[-1]["prompt_name"] is None
@@ -91,6 +92,7 @@ async def test_embedder_down_degrades_to_bm25() -> None:
     for mode in ("hybrid", "dense"):
         resp = await pipe.search(SearchRequest("sci", Q, mode=mode))  # type: ignore[arg-type]
         assert resp.degraded and "bm25 only" in resp.degraded and "unreachable" in resp.degraded
+        assert resp.degraded_reasons == ["embed_failed"]
         assert ids(resp) == ids(bm25)
         assert [h.score for h in resp.hits] == [h.score for h in bm25.hits]
 
@@ -102,6 +104,7 @@ async def test_embedder_hang_degrades_within_budget() -> None:
     resp = await pipe.search(SearchRequest("sci", Q))
     assert time.perf_counter() - t0 < 1.0
     assert resp.degraded and "timed out" in resp.degraded
+    assert resp.degraded_reasons == ["embed_timeout"]
     assert resp.hits
 
 
@@ -114,10 +117,11 @@ async def test_circuit_breaker_opens_then_recovers() -> None:
     resp = await pipe.search(SearchRequest("sci", Q))
     assert len(emb.calls) == n  # circuit open: the embedder is not even called
     assert resp.degraded and "circuit open" in resp.degraded
+    assert resp.degraded_reasons == ["embed_circuit_open"]
     emb.fail = None
     await asyncio.sleep(0.25)
     resp = await pipe.search(SearchRequest("sci", Q))
-    assert resp.degraded is None and len(emb.calls) == n + 1
+    assert resp.degraded is None and len(emb.calls) == n + 1 and resp.degraded_reasons == []
 
 
 async def test_lexical_failure_degrades_to_dense_and_both_failing_is_424() -> None:
@@ -126,6 +130,7 @@ async def test_lexical_failure_degrades_to_dense_and_both_failing_is_424() -> No
     idx.lexical_fail = RuntimeError("tantivy exploded")
     resp = await pipe.search(SearchRequest("sci", Q))
     assert resp.degraded and "dense only" in resp.degraded
+    assert resp.degraded_reasons == ["bm25_failed"]
     assert ids(resp) == ids(dense)
     emb.fail = outage()
     with pytest.raises(SearchFailed):
@@ -180,8 +185,18 @@ async def test_slow_reranker_keeps_fused_order_flagged() -> None:
     resp = await pipe.search(SearchRequest("sci", Q, rerank=True, rerank_weight=0.5, explain=True))
     assert time.perf_counter() - t0 < 1.0
     assert resp.degraded and "rerank skipped (timed out)" in resp.degraded
+    assert resp.degraded_reasons == ["rerank_timeout"]
+    assert emb.rerank_priorities[-1] == "interactive"
     assert ids(resp) == ids(base)
     assert resp.hits[0].explain is not None and resp.hits[0].explain["rerank"] is None
+
+
+async def test_overloaded_embedder_is_its_own_reason() -> None:
+    pipe, emb, _ = make()
+    emb.fail = Overloaded("embedder interactive queue is full", field="input", limit=4)
+    resp = await pipe.search(SearchRequest("sci", Q, mode="dense"))
+    assert resp.degraded and "bm25 only" in resp.degraded
+    assert resp.degraded_reasons == ["embed_overloaded"]
 
 
 async def test_collection_info_is_cached() -> None:
@@ -224,8 +239,9 @@ async def test_validation_names_the_field(kwargs: dict[str, object], field: str)
 async def test_indexer_failures_in_bm25_mode_are_424_never_500() -> None:
     pipe, _, idx = make(retrieve_timeout_s=0.2)
     idx.lexical_fail = ValueError("bad url")  # e.g. an httpx.InvalidURL escaping a client
-    with pytest.raises(SearchFailed, match="bm25 failed: ValueError"):
+    with pytest.raises(SearchFailed, match="bm25 failed") as err:
         await pipe.search(SearchRequest("sci", Q, mode="bm25"))
+    assert "ValueError" not in err.value.message  # exception classes are logged, never shown to clients
     idx.lexical_fail = None
     idx.lexical_delay_s = 5.0
     t0 = time.perf_counter()

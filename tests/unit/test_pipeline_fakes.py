@@ -42,6 +42,7 @@ class FakeEmbedder:
         self.rerank_delay_s = 0.0
         self.calls: list[dict[str, Any]] = []
         self.rerank_calls: list[tuple[str, list[str]]] = []
+        self.rerank_priorities: list[str | None] = []
 
     async def embed(
         self,
@@ -52,6 +53,7 @@ class FakeEmbedder:
         instruction: str | None = None,
         dimensions: int | None = None,
         truncate: bool = True,
+        priority: str | None = None,
     ) -> EmbedResult:
         self.calls.append(
             {
@@ -60,6 +62,7 @@ class FakeEmbedder:
                 "prompt_name": prompt_name,
                 "instruction": instruction,
                 "dimensions": dimensions,
+                "priority": priority,
             }
         )
         if self.delay_s:
@@ -70,9 +73,16 @@ class FakeEmbedder:
         return EmbedResult(vectors=vecs, token_counts=[len(t.split()) for t in texts], model=model or "fake")
 
     async def rerank(
-        self, query: str, documents: list[str], *, model: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        model: str | None = None,
+        truncate: bool = True,
+        priority: str | None = None,
     ) -> list[float]:
         self.rerank_calls.append((query, documents))
+        self.rerank_priorities.append(priority)
         if self.rerank_delay_s:
             await asyncio.sleep(self.rerank_delay_s)
         if self.fail is not None:

@@ -10,6 +10,7 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from gateway.pipeline import SearchPipeline
@@ -33,7 +34,7 @@ def build_app() -> tuple[FastAPI, FakeEmbedder, FakeIndexer]:
 @pytest.fixture
 async def client() -> Any:
     app, emb, idx = build_app()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
         c.fake_embedder = emb  # type: ignore[attr-defined]
         yield c
 
@@ -42,8 +43,9 @@ async def test_search_contract_and_server_timing(client: httpx.AsyncClient) -> N
     r = await client.post("/v1/search", json={"collection": "sci", "query": "aspirin heart", "explain": True})
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"hits", "timings_ms", "degraded"}
+    assert set(body) == {"hits", "timings_ms", "degraded", "partial", "failed_shards"}
     assert body["degraded"] is False
+    assert body["partial"] is False and body["failed_shards"] == []
     hit = body["hits"][0]
     assert set(hit) == {"id", "score", "title", "text", "metadata", "explain"}
     assert set(hit["explain"]) == {"bm25", "dense", "fused", "rerank"}
@@ -60,6 +62,28 @@ async def test_degraded_flag_in_json(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/search", json={"collection": "sci", "query": "aspirin heart"})
     assert r.status_code == 200
     assert isinstance(r.json()["degraded"], str) and "bm25 only" in r.json()["degraded"]
+
+
+def degraded_count(mode: str, reason: str) -> float:
+    value = REGISTRY.get_sample_value("dowse_search_degraded_total", {"mode": mode, "reason": reason})
+    return value or 0.0
+
+
+async def test_every_fallback_is_counted_by_mode_and_reason(client: httpx.AsyncClient) -> None:
+    emb = client.fake_embedder  # type: ignore[attr-defined]
+    before = {k: degraded_count(*k) for k in [("hybrid", "embed_failed"), ("dense", "embed_timeout")]}
+    ok = await client.post("/v1/search", json={"collection": "sci", "query": "aspirin heart"})
+    assert ok.json()["degraded"] is False
+    assert degraded_count("hybrid", "embed_failed") == before["hybrid", "embed_failed"]  # healthy: none
+    emb.fail = outage()
+    for _ in range(2):
+        r = await client.post("/v1/search", json={"collection": "sci", "query": "aspirin heart"})
+        assert "bm25 only" in r.json()["degraded"]  # the response still says so
+    assert degraded_count("hybrid", "embed_failed") == before["hybrid", "embed_failed"] + 2
+    emb.fail, emb.delay_s = None, 2.0  # over the 0.3 s embed budget
+    r = await client.post("/v1/search", json={"collection": "sci", "query": "aspirin", "mode": "dense"})
+    assert "timed out" in r.json()["degraded"]
+    assert degraded_count("dense", "embed_timeout") == before["dense", "embed_timeout"] + 1
 
 
 @pytest.mark.parametrize(
@@ -106,7 +130,7 @@ async def test_not_ready_without_pipeline() -> None:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(gateway_api.router)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
         r = await c.post("/v1/search", json={"collection": "sci", "query": "x"})
     assert r.status_code == 503 and r.json()["error"]["type"] == "not_ready"
 
@@ -156,10 +180,15 @@ async def test_start_wires_clients_and_readiness() -> None:
 
     remote = FastAPI()
     remote.state.ready_checks = []
-    settings = GatewaySettings(embedder_url="http://127.0.0.1:9", indexer_url="http://127.0.0.1:9")
+    urls = "http://127.0.0.1:9, http://127.0.0.1:10/"
+    settings = GatewaySettings(embedder_url="http://127.0.0.1:9", indexer_url=urls, retrieve_timeout_s=2.0)
     await gateway_api.start(remote, settings)
     assert type(remote.state.search_pipeline.embedder).__name__ == "HttpEmbedderClient"
-    assert type(remote.state.search_pipeline.indexer).__name__ == "HttpIndexerClient"
+    sharded = remote.state.search_pipeline.indexer
+    assert type(sharded).__name__ == "ShardedIndexerClient"  # the shard map, one URL per shard
+    assert [type(c).__name__ for c in sharded.shards] == ["HttpIndexerClient"] * 2
+    assert [c.base_url for c in sharded.shards] == ["http://127.0.0.1:9", "http://127.0.0.1:10"]
+    assert sharded.timeout_s == pytest.approx(1.8)  # 90 % of the retrieve budget
     await gateway_api.stop(remote)
 
     bare = FastAPI()

@@ -175,7 +175,7 @@ async def test_defaults_route(tmp_path: Path) -> None:
     install_error_handlers(app)
     app.include_router(gateway_api.router)
     app.state.search_pipeline = pipe
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
         r = await c.get("/v1/search/defaults/sci")
         assert r.status_code == 200
         body = r.json()
