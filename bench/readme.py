@@ -24,6 +24,11 @@ SECTIONS = [
     ),
     ("Search vs peer pipeline", "search.md", "python bench/search.py --rounds 5"),
     (
+        "Matryoshka dims: rotation + funnel",
+        "dims.md",
+        "python bench/dims.py --part quality --model minilm; python bench/dims.py --part qps --n 1000000",
+    ),
+    (
         "Rerank as served: hybrid vs hybrid + rerank through /v1/search (SciFact)",
         "rerank_served.md",
         "python bench/rerank_served.py",

@@ -240,7 +240,7 @@ class SearchPipeline:
             model=info.get("model"),
             prompt_name=None if req.instruction else info.get("query_prompt", "query"),
             instruction=req.instruction,
-            dimensions=info.get("dims"),
+            dimensions=info.get("query_dims", info.get("dims")),  # rotating collections: full dims
             priority="interactive",  # a search waits for it: ahead of ingest micro-batches
         )
         try:

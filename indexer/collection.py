@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,10 +15,12 @@ from typing import Any
 import numpy as np
 
 from indexer.client import Hit
-from indexer.dense import DenseIndex
 from indexer.filters import compile_filters
+from indexer.funnel import FunnelStore
 from indexer.lexical import LexicalIndex
 from indexer.manifest import Manifest
+from indexer.rotated import RotatedMixin
+from indexer.rotation import Rotation
 from indexer.rwlock import RWLock
 from indexer.store import Changes, DocStore, PreparedDoc
 
@@ -27,7 +30,7 @@ SEARCH_DEFAULTS = "search_defaults.json"  # served search defaults chosen by `do
 EXACT_SUBSET_MAX = 20_000  # filtered dense search over at most this many chunks is exact (from SQLite)
 
 
-class Collection:
+class Collection(RotatedMixin):
     """One collection's storage; blocking methods (call from a worker thread)."""
 
     def __init__(
@@ -38,13 +41,20 @@ class Collection:
         hnsw_threshold: int = 50_000,
         snapshot_every: int = 20_000,
         snapshot_interval_s: float = 300.0,
+        rotation_min_chunks: int = 1000,
     ) -> None:
         self.root = root
         self.manifest = manifest
         self.name = manifest.name
         self.lock = RWLock()
-        self.store = DocStore(root / "store.sqlite", manifest.dims)
-        self.dense = DenseIndex(manifest.dims, manifest.metric, manifest.index, hnsw_threshold)
+        self.store = DocStore(root / "store.sqlite", manifest.store_dims)
+        self.hnsw_threshold = hnsw_threshold
+        self.rotation_min_chunks = rotation_min_chunks
+        self.refit_lock = threading.Lock()  # one re-fit at a time (the swap itself runs under the write lock)
+        self.rotation: Rotation | None = None
+        self.funnel: FunnelStore | None = None
+        self._load_rotation()
+        self.dense = self._new_dense()
         self.lexical = LexicalIndex(root / "lexical", manifest.analyzer)
         self.snapshot_every = snapshot_every
         self.snapshot_interval_s = snapshot_interval_s
@@ -58,16 +68,22 @@ class Collection:
         """Load the snapshots and replay SQLite changes committed after them; self-heal on count mismatch."""
         t0 = time.perf_counter()
         with self.lock.write():
-            snap = self.dense.load_latest(self.root)
+            snap = self.dense.load_latest(self.root, self._tag())
+            if snap is not None and self.rotation is not None:
+                try:
+                    self.funnel = FunnelStore.load(self.root / f"dense-{snap}")
+                except Exception:
+                    log.exception("%s: funnel store of snapshot %d unreadable: rebuilding", self.name, snap)
+                    snap = None
             if snap is None:
                 self._rebuild_dense()
                 replayed_dense = -1
             else:
                 self._snapshot_seq = snap
                 ch = self.store.changes_since(snap, docs=False)
-                self.dense.remove(np.asarray(ch.removed_cids, np.int64))
+                self._dense_remove(np.asarray(ch.removed_cids, np.int64))
                 assert ch.vectors is not None
-                self.dense.add(np.asarray(ch.cids, np.int64), ch.vectors)
+                self._dense_add(np.asarray(ch.cids, np.int64), ch.vectors)
                 if self.dense.needs_rebuild():
                     self._rebuild_dense()
                 replayed_dense = len(ch.cids) + len(ch.removed_cids)
@@ -103,10 +119,6 @@ class Collection:
         log.info("opened collection %s", info)
         return info
 
-    def _rebuild_dense(self) -> None:
-        n = self.store.counts()["chunks"]
-        self.dense.rebuild(self.store.iter_all_chunks(), n)
-
     def _rebuild_lexical(self) -> None:
         self.lexical.reset()
         ch = self.store.changes_since(0, chunks=False)
@@ -126,6 +138,11 @@ class Collection:
                 )
                 self._rebuild_dense()
                 self._rebuild_lexical()
+            if self._wants_fit():
+                try:
+                    self._fit_locked()
+                except Exception:  # the batch is committed; the collection keeps serving at full dims
+                    log.exception("%s: rotation fit failed; serving at full dims", self.name)
             self._since_snapshot += len(ch.cids) + len(ch.removed_cids)
             due = time.monotonic() - self._last_snapshot > self.snapshot_interval_s and self._since_snapshot
             if self._since_snapshot >= self.snapshot_every or due:
@@ -134,18 +151,22 @@ class Collection:
 
     def _apply(self, ch: Changes) -> None:
         assert ch.vectors is not None
-        rebuild = self.dense.remove(np.asarray(ch.removed_cids, np.int64))
-        rebuild = self.dense.add(np.asarray(ch.cids, np.int64), ch.vectors) or rebuild
+        rebuild = self._dense_remove(np.asarray(ch.removed_cids, np.int64))
+        rebuild = self._dense_add(np.asarray(ch.cids, np.int64), ch.vectors) or rebuild
         if rebuild:
             self._rebuild_dense()
         self.lexical.apply(ch.removed_dnos, ch.docs, ch.seq)
 
     def _snapshot(self, seq: int) -> None:
-        self.dense.save(self.root, seq)
+        funnel = self.funnel
+        self.dense.save(self.root, seq, self._tag(), funnel.save if funnel is not None else None)
         self._snapshot_seq = seq
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self.store.prune_tombstones(min(seq, self.lexical.seq()))
+
+    def _after_install(self) -> None:
+        self._snapshot(self.store.seq())
 
     def snapshot(self) -> None:
         """Write a dense snapshot now (e.g. at shutdown) if anything changed since the last one."""
@@ -169,11 +190,15 @@ class Collection:
         per_chunk: bool = False,
         ef_search: int | None = None,
         texts: int | None = None,
+        funnel_m: int | None = None,
+        funnel_dims: int | None = None,
     ) -> list[Hit]:
         """Top-k by vector similarity; per document (best chunk) unless ``per_chunk``.
 
         ``texts``: how many leading hits carry title/text/metadata (None: all); the others carry ids,
         scores and chunk numbers only, which keeps reading 100 candidates' documents off the hot path.
+        ``funnel_m``: on a rotated collection queried with a full-dim vector, how many shortlist candidates
+        are re-scored at full dims (None: 100; 0: none); ``funnel_dims``: shortlist on fewer leading dims.
         """
         q = np.asarray(vector, np.float32).reshape(-1)
         with self.lock.read():
@@ -183,16 +208,32 @@ class Collection:
                 return []
             n = k if per_chunk else min(total, 2 * k)
             while True:
-                cids, scores = self._dense_candidates(q, n, allowed, ef_search)
+                cids, scores = self._dense_candidates(q, n, allowed, ef_search, funnel_m, funnel_dims)
                 hits = self._chunk_hits(cids, scores, k, per_chunk, texts)
                 if len(hits) >= k or n >= total:
                     return hits
                 n = min(total, n * 4)
 
     def _dense_candidates(
-        self, q: np.ndarray, n: int, allowed: tuple[np.ndarray, np.ndarray] | None, ef_search: int | None
+        self,
+        q: np.ndarray,
+        n: int,
+        allowed: tuple[np.ndarray, np.ndarray] | None,
+        ef_search: int | None,
+        funnel_m: int | None = None,
+        funnel_dims: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         rescorer = self.store.embeddings
+        if self.rotation is not None and q.shape[0] != self.dense.dims:  # full-dim query: funnel search
+            if allowed is not None and len(allowed[0]) <= EXACT_SUBSET_MAX:
+                return self.dense.exact_scores(q, allowed[0], rescorer, n)  # full-dim, from SQLite
+            subset = None if allowed is None else allowed[0]
+            cids, scores = self._funnel_candidates(q, n, subset, ef_search, funnel_m, funnel_dims)
+            if subset is not None and len(cids) < min(n, len(subset)):
+                return self.dense.exact_scores(q, subset, rescorer, n)
+            return cids, scores
+        if self.manifest.rotate and q.shape[0] != self.manifest.store_dims:
+            rescorer = self._rotated_rescorer  # a d-dim query in rotated coordinates
         if allowed is None:
             return self.dense.search(q, n, None, rescorer, ef_search)
         subset = allowed[0]

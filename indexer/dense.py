@@ -243,8 +243,12 @@ class DenseIndex:
         return float(len(ser)) / self.ntotal
 
     # ---- persistence --------------------------------------------------------------------------
-    def save(self, root: Path, seq: int) -> Path:
-        """Write ``root/dense-<seq>/`` atomically (tmp dir + fsync + rename); older snapshots removed."""
+    def save(self, root: Path, seq: int, tag: int = 0, extra: Callable[[Path], None] | None = None) -> Path:
+        """Write ``root/dense-<seq>/`` atomically (tmp dir + fsync + rename); older snapshots removed.
+
+        ``tag``: the rotation version the vectors are in (a snapshot of another version is not loaded);
+        ``extra``: writes more files (the funnel store) into the snapshot directory before it is renamed.
+        """
         tmp = root / f".dense-{seq}.tmp"
         final = root / f"dense-{seq}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -254,8 +258,10 @@ class DenseIndex:
             faiss.write_index_binary(self.index, str(path))
         else:
             faiss.write_index(self.index, str(path))
-        meta = {"seq": seq, "kind": self.kind, "code": self.code, "dead": sorted(self._dead)}
+        meta = {"seq": seq, "kind": self.kind, "code": self.code, "dead": sorted(self._dead), "tag": tag}
         (tmp / "meta.json").write_text(json.dumps(meta))
+        if extra is not None:
+            extra(tmp)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -268,8 +274,8 @@ class DenseIndex:
                 shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def load_latest(self, root: Path) -> int | None:
-        """Load the newest readable snapshot; returns its seq, or None (caller rebuilds from SQLite)."""
+    def load_latest(self, root: Path, tag: int = 0) -> int | None:
+        """Load the newest readable snapshot of rotation ``tag``; its seq, or None (caller rebuilds)."""
         for tmp in root.glob(".dense-*.tmp"):  # a snapshot interrupted by a crash
             shutil.rmtree(tmp, ignore_errors=True)
         snaps = sorted(
@@ -280,6 +286,11 @@ class DenseIndex:
         for snap in snaps:
             try:
                 meta = json.loads((snap / "meta.json").read_text())
+                if int(meta.get("tag", 0)) != tag:
+                    log.info(
+                        "dense snapshot %s is of rotation %s, not %d: rebuilding", snap, meta.get("tag"), tag
+                    )
+                    continue
                 path = str(snap / "index.faiss")
                 index = faiss.read_index_binary(path) if meta["code"] == "binary" else faiss.read_index(path)
                 self.index, self.kind, self.code = index, meta["kind"], meta["code"]

@@ -102,8 +102,22 @@ class Manifest:
     chunk_overlap: int = 32
     shards: int = 1  # shard count of the collection, fixed at creation (indexer.sharding.shard_of)
     shard: int = 0  # which of them this indexer holds
+    # dims < model_dim: store full-dim vectors, fit a per-collection PCA rotation (indexer.rotation), index
+    # the rotated leading ``dims`` and funnel-rescore with full dims. False on manifests written before it.
+    rotate: bool = False
+    rotation_version: int = 0  # the rotation-<version>.npz that serves; 0 = not fitted yet (full dims)
     schema_version: int = SCHEMA_VERSION
     created_at: float = field(default_factory=time.time)
+
+    @property
+    def store_dims(self) -> int:
+        """Dims of the vectors SQLite stores (and queries carry): the model's when rotating."""
+        return self.model_dim if self.rotate else self.dims
+
+    @property
+    def index_dims(self) -> int:
+        """Dims of the vectors FAISS holds: full until a rotation is fitted."""
+        return self.dims if not self.rotate or self.rotation_version else self.model_dim
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view."""

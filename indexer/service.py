@@ -56,6 +56,7 @@ class IndexerService(IngestJobs, AliasOps, SearchOps):
         max_doc_chars: int = 1_000_000,
         embed_batch: int = 64,
         snapshot_every: int = 20_000,
+        rotation_min_chunks: int = 1000,
         job_roots: list[Path] | None = None,
     ) -> None:
         self.root = Path(data_dir) / "collections"
@@ -65,6 +66,7 @@ class IndexerService(IngestJobs, AliasOps, SearchOps):
         self.max_doc_chars = max_doc_chars
         self.embed_batch = embed_batch
         self.snapshot_every = snapshot_every
+        self.rotation_min_chunks = rotation_min_chunks
         # ingest jobs started through the API read only files under these (imports first)
         self.job_roots = import_roots(Path(data_dir), job_roots)
         self._collections: dict[str, Collection] = {}
@@ -89,7 +91,11 @@ class IndexerService(IngestJobs, AliasOps, SearchOps):
 
     def _new_collection(self, root: Path, manifest: Manifest) -> Collection:
         return Collection(
-            root, manifest, hnsw_threshold=self.hnsw_threshold, snapshot_every=self.snapshot_every
+            root,
+            manifest,
+            hnsw_threshold=self.hnsw_threshold,
+            snapshot_every=self.snapshot_every,
+            rotation_min_chunks=self.rotation_min_chunks,
         )
 
     @staticmethod
@@ -134,10 +140,14 @@ class IndexerService(IngestJobs, AliasOps, SearchOps):
         exist_ok: bool = False,
         shards: int = 1,
         shard: int | None = None,
+        rotate: bool | None = None,
     ) -> dict[str, Any]:
         """Create a collection pinned to ``model`` (revision, prompts and dims from the embedder).
 
-        ``shards`` > 1: this indexer holds shard ``shard`` of them (the gateway creates every shard)."""
+        ``shards`` > 1: this indexer holds shard ``shard`` of them (the gateway creates every shard).
+        ``rotate`` (default: ``dims`` < the model's dim): fit a per-collection PCA rotation, index its
+        leading ``dims`` and re-score shortlists at full dims (see :mod:`indexer.rotated`).
+        """
         validate_name(name)
         shard = check_shards(shards, shard)
         if self.aliases.resolve(name) is not None:
@@ -171,6 +181,13 @@ class IndexerService(IngestJobs, AliasOps, SearchOps):
             raise InvalidCollectionSpec(
                 "chunk_overlap must be in [0, chunk_tokens/2)", field="chunk_overlap", limit=chunk_tokens // 2
             )
+        rotate_given = rotate is not None
+        if rotate is None:
+            rotate = dims < model_dim
+        if not isinstance(rotate, bool) or (rotate and dims >= model_dim):
+            raise InvalidCollectionSpec(
+                "rotate needs dims < the model's dim", field="rotate", limit=model_dim
+            )
         prompts = info.get("prompts") or {}
         manifest = Manifest(
             name=name,
@@ -185,13 +202,15 @@ class IndexerService(IngestJobs, AliasOps, SearchOps):
             analyzer=analyzer,
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
+            rotate=rotate,
             shards=shards,
             shard=shard,
         )
         async with self._create_lock:
             existing = self._collections.get(name)
             if existing is not None:
-                if exist_ok and _same_config(existing.manifest, manifest):
+                # an unstated rotate matches a collection created before rotations existed (rotate false)
+                if exist_ok and _same_config(existing.manifest, manifest, rotate_given):
                     return await self.collection_info(name)
                 raise CollectionExists(f"collection {name!r} already exists", field="name")
             root = self.root / name
@@ -213,6 +232,7 @@ class IndexerService(IngestJobs, AliasOps, SearchOps):
         """Manifest + stats of one collection."""
         coll = self._get(name)
         info = coll.manifest.to_dict()
+        info["query_dims"] = coll.manifest.store_dims  # what /search/dense wants (full dims when rotating)
         info["stats"] = await asyncio.to_thread(coll.stats)
         info["search_defaults"] = await asyncio.to_thread(coll.search_defaults)
         return info
@@ -319,7 +339,7 @@ class IndexerService(IngestJobs, AliasOps, SearchOps):
                     batch,
                     model=man.model,
                     prompt_name=man.prompt,
-                    dimensions=man.dims,
+                    dimensions=man.store_dims,
                     truncate=True,
                     priority="batch",  # bulk work: micro-batches behind searches' query embeddings
                 )
@@ -329,11 +349,11 @@ class IndexerService(IngestJobs, AliasOps, SearchOps):
                 log.warning("embedder call failed: %r", exc)
                 raise DependencyFailed("embedder failed", field="embedder") from exc
             vec = np.asarray(res.vectors, dtype=np.float32)
-            if vec.shape != (len(batch), man.dims):
+            if vec.shape != (len(batch), man.store_dims):
                 raise ManifestMismatch(
-                    f"embedder returned shape {tuple(vec.shape)}, collection needs {man.dims} dims",
+                    f"embedder returned shape {tuple(vec.shape)}, collection needs {man.store_dims} dims",
                     field="dims",
-                    limit=man.dims,
+                    limit=man.store_dims,
                 )
             if res.model and name_alias(res.model) != name_alias(man.model):
                 raise ManifestMismatch(
@@ -343,8 +363,8 @@ class IndexerService(IngestJobs, AliasOps, SearchOps):
                 )
             parts.append(vec)
         if not parts:
-            return np.zeros((0, man.dims), np.float32)
-        out = np.empty((len(texts), man.dims), np.float32)
+            return np.zeros((0, man.store_dims), np.float32)
+        out = np.empty((len(texts), man.store_dims), np.float32)
         out[order] = np.concatenate(parts)
         return out
 
@@ -395,7 +415,7 @@ def name_alias(model: str) -> str:
         return model.lower()
 
 
-def _same_config(a: Manifest, b: Manifest) -> bool:
+def _same_config(a: Manifest, b: Manifest, rotate: bool = True) -> bool:
     keys = (
         "model",
         "revision",
@@ -407,5 +427,6 @@ def _same_config(a: Manifest, b: Manifest) -> bool:
         "chunk_overlap",
         "shards",
         "shard",
+        *(("rotate",) if rotate else ()),
     )
     return all(getattr(a, k) == getattr(b, k) for k in keys)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from services import cli_cache, cli_cluster, cli_eval, cli_index, cli_keys, cli_models
+from services import cli_cache, cli_cluster, cli_eval, cli_index, cli_keys, cli_models, cli_rotation
 
 app = typer.Typer(name="dowse", help="Dowse: embed, index, search and cache.", no_args_is_help=True)
 
@@ -74,7 +74,7 @@ def serve(
     uvicorn.run(create_app(settings, roles), host=settings.host, port=settings.port, log_config=None)
 
 
-for _mod in (cli_models, cli_index, cli_eval, cli_cache, cli_keys, cli_cluster):
+for _mod in (cli_models, cli_index, cli_eval, cli_cache, cli_keys, cli_cluster, cli_rotation):
     _mod.register(app)
 
 

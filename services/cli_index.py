@@ -31,7 +31,10 @@ def register(app: typer.Typer) -> None:
         fmt: Annotated[
             str | None, typer.Option("--format", help="jsonl | csv | parquet (default: suffix)")
         ] = None,
-        dims: Annotated[int | None, typer.Option(help="Matryoshka truncation for a new collection")] = None,
+        dims: Annotated[
+            int | None,
+            typer.Option(help="index dims of a new collection (< model dim: PCA-rotated, full-dim funnel)"),
+        ] = None,
         index_type: Annotated[str, typer.Option("--index", help="auto | flat | hnsw | ivf-pq")] = "auto",
         code: Annotated[str | None, typer.Option(help="sq8 | binary compressed codes (+ rescoring)")] = None,
         batch_size: Annotated[int, typer.Option(min=1, max=1000, help="documents per transaction")] = 64,
@@ -163,6 +166,7 @@ async def _run(
         max_batch_docs=isettings.max_batch_docs,
         max_doc_chars=isettings.max_doc_chars,
         snapshot_every=isettings.snapshot_every,
+        rotation_min_chunks=isettings.rotation_min_chunks,
     )
     prog = IngestProgress()
     t0 = time.perf_counter()

@@ -93,6 +93,11 @@ class EmbeddingsRequest(BaseModel):
     truncate: bool = Field(True, description="cut inputs at the model's max length; false: 413 if over")
     user: str | None = None
     priority: Any = Field(None, description=_PRIORITY_DOC)
+    collection: str | None = Field(
+        None,
+        description="rotate with this collection's PCA rotation, then keep `dimensions` (default: the "
+        "collection's dims); needs the indexer role in the same process and search scope on it",
+    )
 
 
 class TeiEmbedRequest(BaseModel):
@@ -177,16 +182,22 @@ async def openai_embeddings(
     """OpenAI-shape embeddings (float or base64 float32 little-endian)."""
     svc = _service(request)
     priority = _priority(body.priority, x_dowse_priority)
+    model, rotate_to = body.model, None
+    if body.collection is not None:
+        model, rotate_to = await _collection_target(request, body.collection, body.model, body.dimensions)
     res = await svc.embed(
         _as_list(body.input),
-        model=body.model,
+        model=model,
         prompt_name=_prompt(body.prompt_name, body.input_type),
         instruction=body.instruction,
-        dimensions=body.dimensions,
+        dimensions=body.dimensions if rotate_to is None else None,
         truncate=body.truncate,
         priority=priority,
     )
     vecs = res.vectors
+    if rotate_to is not None and body.collection is not None:
+        indexer = request.app.state.indexer_service
+        vecs = await indexer.rotate_vectors(body.collection, np.asarray(vecs, np.float32), rotate_to)
     data = []
     for i, (vec, n) in enumerate(zip(vecs, res.token_counts, strict=True)):
         emb: Any = (
@@ -202,6 +213,39 @@ async def openai_embeddings(
         "model": res.model,
         "usage": {"prompt_tokens": total, "total_tokens": total},
     }
+
+
+async def _collection_target(
+    request: Request, name: str, model: str | None, dimensions: int | None
+) -> tuple[str, int]:
+    """(the collection's model, dims to keep after its rotation) for ``/v1/embeddings`` + ``collection``."""
+    from indexer.errors import CollectionNotFound, ManifestMismatch
+    from indexer.service import name_alias
+    from services.auth import allowed
+
+    indexer = getattr(request.app.state, "indexer_service", None)
+    if indexer is None:
+        raise InvalidInput(
+            "collection rotations are served where the indexer role runs in the same process",
+            field="collection",
+        )
+    if not allowed(request, "search", name):  # out of scope answers like a missing collection
+        raise CollectionNotFound(f"collection {name!r} does not exist", field="collection")
+    info = await indexer.collection_info(name)
+    if model is not None and name_alias(model) != name_alias(info["model"]):
+        raise ManifestMismatch(
+            f"collection {name!r} holds vectors of model {info['model']!r}, not {model!r}",
+            field="model",
+            limit=info["model"],
+        )
+    dims = info["dims"] if dimensions is None else dimensions
+    if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= info["model_dim"]:
+        raise InvalidInput(
+            f"dimensions must be an integer in 1..{info['model_dim']}",
+            field="dimensions",
+            limit=info["model_dim"],
+        )
+    return str(info["model"]), dims
 
 
 @router.post("/embed")

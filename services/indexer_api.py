@@ -48,6 +48,11 @@ class CollectionCreate(BaseModel):
     shard: int | None = Field(
         default=None, ge=0, description="which shard this indexer holds (set by the gateway)"
     )
+    rotate: bool | None = Field(
+        default=None,
+        description="fit a per-collection PCA rotation and funnel-rescore at full dims "
+        "(default: dims < the model's dim)",
+    )
 
 
 class DocumentIn(BaseModel):
@@ -87,6 +92,10 @@ class DenseSearch(BaseModel):
     per_chunk: bool = False
     # how many leading hits carry title/text/metadata (null: all; the rest: ids and scores only)
     texts: int | None = Field(default=None, ge=0, le=MAX_K)
+    # rotated collections, full-dim query: shortlist candidates re-scored at full dims (null: 100, 0: none)
+    funnel_m: int | None = None
+    # rotated collections: shortlist on only the leading funnel_dims (<= the collection's dims)
+    funnel_dims: int | None = None
 
 
 class LexicalSearch(BaseModel):
@@ -154,6 +163,7 @@ async def create_collection(body: CollectionCreate, request: Request) -> dict[st
         analyzer=body.analyzer,
         chunk_tokens=body.chunk_tokens,
         chunk_overlap=body.chunk_overlap,
+        rotate=body.rotate,
         exist_ok=body.exist_ok,
         shards=body.shards,
         shard=body.shard,
@@ -230,8 +240,29 @@ async def search_dense(name: str, body: DenseSearch, request: Request) -> dict[s
     else:
         vec = body.vector
     return _hits(
-        await _svc(request).search_dense(name, vec, body.k, body.filters, body.per_chunk, texts=body.texts)
+        await _svc(request).search_dense(
+            name,
+            vec,
+            body.k,
+            body.filters,
+            body.per_chunk,
+            texts=body.texts,
+            funnel_m=body.funnel_m,
+            funnel_dims=body.funnel_dims,
+        )
     )
+
+
+@router.get("/{name}/rotation")
+async def rotation_info(name: str, request: Request) -> dict[str, Any]:
+    """The collection's serving rotation (version 0: not fitted yet, the index serves full dims)."""
+    return await _svc(request).rotation_info(name)
+
+
+@router.post("/{name}/rotation/refit")
+async def refit_rotation(name: str, request: Request) -> dict[str, Any]:
+    """Re-fit the PCA rotation on the collection's current vectors and swap it in atomically."""
+    return await _svc(request).refit_rotation(name)
 
 
 @router.post("/{name}/search/lexical")
@@ -291,6 +322,7 @@ async def start(app: FastAPI, settings: Any) -> None:
         max_batch_docs=getattr(settings, "max_batch_docs", 1000),
         max_doc_chars=getattr(settings, "max_doc_chars", 1_000_000),
         snapshot_every=getattr(settings, "snapshot_every", 20_000),
+        rotation_min_chunks=getattr(settings, "rotation_min_chunks", 1000),
         job_roots=getattr(settings, "job_roots", None),
     )
     app.state.indexer_service = svc
