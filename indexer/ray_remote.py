@@ -11,7 +11,6 @@ ONNX sessions. Upserts replace by id: a batch re-sent by a retried Ray task leav
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -103,9 +102,8 @@ def run_ray_remote(
 ) -> Progress:
     """Index ``path`` into ``collection`` on the server at ``url`` with a Ray Data pipeline (blocking).
 
-    ``api_key`` (default ``$DOWSE_API_KEY``) is sent as a bearer key: admin, or ``write:<collection>`` when
-    the collection exists (creating one needs admin)."""
-    api_key = api_key if api_key is not None else os.environ.get("DOWSE_API_KEY")
+    ``api_key`` (the CLI passes ``$DOWSE_API_KEY``) is sent as a bearer key: admin, or
+    ``write:<collection>`` when the collection exists (creating one needs admin)."""
     import ray
     import ray.data
 

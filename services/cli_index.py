@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -297,6 +298,7 @@ def _run_remote(
             batch_size=batch_size,
             max_doc_chars=isettings.max_doc_chars,
             on_progress=on_progress,
+            api_key=os.environ.get("DOWSE_API_KEY"),  # core packages read no environment: the CLI does
         )
     elapsed = time.perf_counter() - t0
     console.print(
