@@ -356,6 +356,11 @@ def markdown(result: dict[str, Any]) -> str:
             cells += [f"{r['probe']:.4f}", r["one_se_choice"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     out = "\n".join(lines) + "\n"
+    if not meta.get("complete", True):
+        out = (
+            f"**Partial: {meta['queries']} of the 300 test queries** (the run was cut off by its time limit; "
+            "running the bench again resumes it from its checkpoint). Slices hold their answered queries.\n\n"
+        ) + out
     if probe:
         ws = list(result["slices"]["all"]["grid"])
         out += "\nnDCG@10 by rerank weight (offline blend of the probe's served scores):\n\n"
