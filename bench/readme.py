@@ -14,7 +14,7 @@ SECTIONS = [
     (
         "Embedder vs Infinity over HTTP (same MiniLM)",
         "embed_peer.md",
-        "python bench/embed_peer.py --rounds 3 --seconds 12 --infinity-int8",
+        "python bench/embed_peer.py --rounds 2 --seconds 8",
     ),
     ("Indexer", "index.md", "python bench/index.py --part bm25|quality|ingest|ann"),
     (
